@@ -1,0 +1,488 @@
+"""THOR's profiler: layer specs, 1-/2-/3-layer variant training steps, per-layer cost by subtraction.
+
+A network is a :class:`Network` of layer specs (:class:`Conv`, :class:`Dense`, :class:`BatchNorm`,
+:class:`Pool`, :class:`Act`, :class:`LSTM`) applied to a per-example ``input_shape`` at a given
+``batch`` size. :func:`place` infers shapes and per-layer features, FLOPs and bytes without JAX;
+:func:`make_train_step` builds the network as its own Flax model and one jitted training
+iteration (forward + backward + SGD-momentum update). Each variant is its own compiled function,
+because XLA fuses across layers: the cost of a layer is only defined inside a compiled step.
+
+Subtraction [paper: 1-, 2- and 3-layer variants, cost "via subtractivity"]. A profiled *chain*
+``(L1, L2, L3)`` is measured as its prefixes ``P0 = ()``, ``P1 = (L1,)``, ``P2 = (L1, L2)``,
+``P3 = (L1, L2, L3)`` and
+
+    cost(L_i) = cost(P_i) - cost(P_{i-1}),      cost(fixed) = cost(P0)
+
+[our choice: prefixes of one chain, so each layer is measured in a realistic context and the
+fixed costs -- dispatch, loss, optimizer bookkeeping -- cancel]. Variants end in a parameter-free
+readout loss ``mean(out**2)``; because the readout of ``P_i`` cancels against that of ``P_{i+1}``,
+summing the layer costs of a whole model telescopes to ``cost(model) - cost(P0)`` whatever the
+readout costs, so the whole-model estimate is ``fixed + sum of layers`` exactly when costs are
+additive. Whole models train with softmax cross-entropy on their last ``Dense(num_classes)``;
+the difference to the readout on 10 logits is negligible.
+
+Measurements live in an append-only JSONL :class:`ProfileDB` in the workdir, keyed by the
+network and the meter, so a re-run or a resumed run re-uses everything already measured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from typing import Any, Callable, NamedTuple, Sequence
+
+import numpy as np
+
+from jaxlab.energy.meters import LayerCost, Measurement, Meter, measure_iterations
+
+__all__ = [
+    "Conv", "Dense", "BatchNorm", "Pool", "Act", "LSTM", "LAYER_KINDS", "FEATURES",
+    "Network", "PlacedLayer", "place", "layer_kind", "feature_vector", "fixed_features",
+    "network_train_flops", "spec_to_json", "spec_from_json", "network_to_json", "network_from_json",
+    "network_key", "SpecNet", "make_train_step", "ProfileDB", "measure_network", "prefixes",
+    "LayerSample", "chain_samples",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer specs
+# ---------------------------------------------------------------------------------------------
+class Conv(NamedTuple):
+    """2-D convolution, NHWC; ``padding`` 'SAME' or 'VALID'; bias included."""
+
+    features: int
+    kernel: int = 3
+    stride: int = 1
+    padding: str = "SAME"
+
+
+class Dense(NamedTuple):
+    """Fully connected layer; flattens a non-vector input first (the flatten is part of it)."""
+
+    features: int
+
+
+class BatchNorm(NamedTuple):
+    """Batch normalisation over all but the last axis (training mode: batch statistics)."""
+
+    momentum: float = 0.9
+
+
+class Pool(NamedTuple):
+    """Max or average pooling, window = stride, VALID."""
+
+    window: int = 2
+    kind: str = "max"
+
+
+class Act(NamedTuple):
+    kind: str = "relu"
+
+
+class LSTM(NamedTuple):
+    """LSTM over a ``[T, F]`` sequence, returns all ``[T, hidden]`` states."""
+
+    hidden: int
+
+
+_KIND_OF = {Conv: "conv", Dense: "dense", BatchNorm: "bn", Pool: "pool", Act: "act", LSTM: "lstm"}
+_SPEC_OF = {v: k for k, v in _KIND_OF.items()}
+LAYER_KINDS = tuple(_KIND_OF.values())
+
+# GP input features per layer kind (all positive, log-scaled by the GP). ``pos`` is 1 for the
+# first layer of a network (no input gradient is computed) and 2 otherwise; ``flops`` and
+# ``bytes`` are derived training FLOPs and bytes. [our choice: systems.md's proposed features plus
+# position, FLOPs and bytes.] "fixed" is the empty network P0 (per-iteration overhead).
+FEATURES = {
+    "conv": ("cin", "cout", "kernel", "stride", "h", "w", "batch", "pos", "flops", "bytes"),
+    "dense": ("fin", "fout", "batch", "pos", "flops", "bytes"),
+    "bn": ("c", "hw", "batch", "pos", "flops", "bytes"),
+    "pool": ("c", "h", "w", "window", "batch", "pos", "flops", "bytes"),
+    "act": ("elems", "batch", "pos", "flops", "bytes"),
+    "lstm": ("fin", "hidden", "steps", "batch", "pos", "flops", "bytes"),
+    "fixed": ("elems", "batch"),
+}
+
+_ACTS = ("relu", "tanh", "sigmoid", "gelu")
+
+
+def layer_kind(spec: Any) -> str:
+    try:
+        return _KIND_OF[type(spec)]
+    except KeyError:
+        raise TypeError(f"layer spec {spec!r}: use one of Conv, Dense, BatchNorm, Pool, Act, LSTM") from None
+
+
+class Network(NamedTuple):
+    """A stack of layer specs.
+
+    input_shape: per-example shape, (H, W, C) for images, (T, F) for sequences, (F,) for vectors;
+    layers: tuple of specs; batch: examples per iteration; num_classes: None for a profiling
+    variant (readout loss ``mean(out**2)``), else the model trains with softmax cross-entropy and
+    its output must be ``[num_classes]``.
+    """
+
+    input_shape: tuple
+    layers: tuple
+    batch: int
+    num_classes: int | None = None
+
+
+class PlacedLayer(NamedTuple):
+    """A layer in its network: shapes are per example; flops/bytes are per training iteration."""
+
+    kind: str
+    spec: Any
+    in_shape: tuple
+    out_shape: tuple
+    batch: int
+    position: int
+    features: dict
+    train_flops: float
+    act_bytes: float
+    param_bytes: float
+    n_params: int
+
+    def cost_record(self) -> LayerCost:
+        return LayerCost(self.kind, self.train_flops, self.act_bytes, self.param_bytes)
+
+
+def _out_shape_and_fwd(spec, kind, s, batch):
+    """(out_shape, forward FLOPs for the batch, n_params)."""
+    if kind == "conv":
+        if len(s) != 3:
+            raise ValueError(f"Conv needs an (H, W, C) input, got {s}")
+        h, w, c = s
+        k, st = spec.kernel, spec.stride
+        if spec.padding == "SAME":
+            ho, wo = -(-h // st), -(-w // st)
+        elif spec.padding == "VALID":
+            if h < k or w < k:
+                raise ValueError(f"Conv kernel {k} VALID on a {h}x{w} input: input smaller than kernel")
+            ho, wo = (h - k) // st + 1, (w - k) // st + 1
+        else:
+            raise ValueError(f"Conv padding {spec.padding!r}: use 'SAME' or 'VALID'")
+        fwd = 2.0 * batch * ho * wo * spec.features * c * k * k + batch * ho * wo * spec.features
+        return (ho, wo, spec.features), fwd, k * k * c * spec.features + spec.features
+    if kind == "dense":
+        fin = int(np.prod(s))
+        return (spec.features,), 2.0 * batch * fin * spec.features + batch * spec.features, fin * spec.features + spec.features
+    if kind == "bn":
+        n = int(np.prod(s))
+        return s, 8.0 * batch * n, 2 * s[-1]
+    if kind == "pool":
+        if len(s) != 3:
+            raise ValueError(f"Pool needs an (H, W, C) input, got {s}")
+        h, w, c = s
+        wd = spec.window
+        if h < wd or w < wd:
+            raise ValueError(f"Pool window {wd} on a {h}x{w} input: input smaller than window")
+        if spec.kind not in ("max", "avg"):
+            raise ValueError(f"Pool kind {spec.kind!r}: use 'max' or 'avg'")
+        ho, wo = h // wd, w // wd
+        return (ho, wo, c), float(batch * ho * wo * c * wd * wd), 0
+    if kind == "act":
+        if spec.kind not in _ACTS:
+            raise ValueError(f"Act kind {spec.kind!r}: use one of {_ACTS}")
+        return s, float(batch * int(np.prod(s))), 0
+    if kind == "lstm":
+        if len(s) != 2:
+            raise ValueError(f"LSTM needs a (T, F) input, got {s}")
+        t, f = s
+        hdim = spec.hidden
+        fwd = batch * t * (2.0 * 4 * hdim * (f + hdim) + 10.0 * hdim)
+        return (t, hdim), fwd, 4 * hdim * (f + hdim) + 4 * hdim
+    raise TypeError(kind)
+
+
+def _features(kind, spec, s, out, batch, pos, flops, nbytes):
+    common = {"batch": batch, "pos": 1 if pos == 0 else 2, "flops": flops, "bytes": nbytes}
+    if kind == "conv":
+        return {"cin": s[2], "cout": spec.features, "kernel": spec.kernel, "stride": spec.stride,
+                "h": s[0], "w": s[1], **common}
+    if kind == "dense":
+        return {"fin": int(np.prod(s)), "fout": spec.features, **common}
+    if kind == "bn":
+        return {"c": s[-1], "hw": int(np.prod(s[:-1])) if len(s) > 1 else 1, **common}
+    if kind == "pool":
+        return {"c": s[2], "h": s[0], "w": s[1], "window": spec.window, **common}
+    if kind == "act":
+        return {"elems": int(np.prod(s)), **common}
+    if kind == "lstm":
+        return {"fin": s[1], "hidden": spec.hidden, "steps": s[0], **common}
+    raise TypeError(kind)
+
+
+def place(net: Network) -> list[PlacedLayer]:
+    """Shapes, features, training FLOPs (3x forward) and bytes of every layer of ``net``."""
+    if not isinstance(net, Network):
+        raise TypeError(f"place() needs a Network, got {type(net).__name__}")
+    if net.batch < 1:
+        raise ValueError(f"batch={net.batch}: must be >= 1")
+    s = tuple(int(v) for v in net.input_shape)
+    if not s or any(v < 1 for v in s):
+        raise ValueError(f"input_shape={net.input_shape}: needs positive dimensions")
+    out = []
+    for i, spec in enumerate(net.layers):
+        kind = layer_kind(spec)
+        o, fwd, n_params = _out_shape_and_fwd(spec, kind, s, net.batch)
+        train_flops = 3.0 * fwd  # systems.md: backward ~ 2x forward
+        act_bytes = 4.0 * net.batch * (int(np.prod(s)) + int(np.prod(o))) * 2.0  # read+write, fwd and bwd
+        param_bytes = 4.0 * n_params
+        feats = _features(kind, spec, s, o, net.batch, i, train_flops, act_bytes + 3 * param_bytes)
+        out.append(PlacedLayer(kind, spec, s, tuple(o), net.batch, i, feats, train_flops, act_bytes,
+                               param_bytes, n_params))
+        s = tuple(o)
+    if net.num_classes is not None and s != (net.num_classes,):
+        raise ValueError(f"network output shape {s} != ({net.num_classes},): end a classifier with "
+                         f"Dense({net.num_classes}) or set num_classes=None for a profiling variant")
+    return out
+
+
+def fixed_features(net: Network) -> dict:
+    """Features of the per-iteration overhead (the empty variant P0) of ``net``."""
+    return {"elems": int(np.prod(net.input_shape)), "batch": net.batch}
+
+
+def feature_vector(kind: str, feats: dict) -> np.ndarray:
+    """[n_features] float64 in the order of FEATURES[kind] (raw, not log-scaled)."""
+    if kind not in FEATURES:
+        raise ValueError(f"layer kind {kind!r}: use one of {tuple(FEATURES)}")
+    return np.array([float(feats[k]) for k in FEATURES[kind]], dtype=np.float64)
+
+
+def network_train_flops(net: Network) -> float:
+    """Training FLOPs of one iteration (3x forward), summed over layers."""
+    return float(sum(p.train_flops for p in place(net)))
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON round trip and keys
+# ---------------------------------------------------------------------------------------------
+def spec_to_json(spec) -> dict:
+    return {"kind": layer_kind(spec), **spec._asdict()}
+
+
+def spec_from_json(d: dict):
+    d = dict(d)
+    kind = d.pop("kind")
+    if kind not in _SPEC_OF:
+        raise ValueError(f"layer kind {kind!r} in JSON: use one of {LAYER_KINDS}")
+    return _SPEC_OF[kind](**d)
+
+
+def network_to_json(net: Network) -> dict:
+    return {"input_shape": list(net.input_shape), "layers": [spec_to_json(s) for s in net.layers],
+            "batch": int(net.batch), "num_classes": net.num_classes}
+
+
+def network_from_json(d: dict) -> Network:
+    return Network(tuple(d["input_shape"]), tuple(spec_from_json(s) for s in d["layers"]), int(d["batch"]),
+                   d.get("num_classes"))
+
+
+def network_key(net: Network, meter_name: str, extra: dict | None = None) -> str:
+    """Stable key of (network, meter, measurement settings) for the profiling DB."""
+    blob = json.dumps({"net": network_to_json(net), "meter": meter_name, "extra": extra or {}}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:20]
+
+
+# ---------------------------------------------------------------------------------------------
+# Flax model and training step
+# ---------------------------------------------------------------------------------------------
+def _build_module():
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    class SpecNet(nn.Module):
+        """A Flax model built from a tuple of layer specs (see :class:`Network`)."""
+
+        layers: tuple
+
+        @nn.compact
+        def __call__(self, x, train: bool = True):
+            for i, spec in enumerate(self.layers):
+                kind = layer_kind(spec)
+                name = f"{kind}{i}"
+                if kind == "conv":
+                    x = nn.Conv(spec.features, (spec.kernel, spec.kernel), strides=(spec.stride, spec.stride),
+                                padding=spec.padding, name=name)(x)
+                elif kind == "dense":
+                    x = nn.Dense(spec.features, name=name)(x.reshape((x.shape[0], -1)))
+                elif kind == "bn":
+                    x = nn.BatchNorm(use_running_average=not train, momentum=spec.momentum, name=name)(x)
+                elif kind == "pool":
+                    f = nn.max_pool if spec.kind == "max" else nn.avg_pool
+                    x = f(x, (spec.window, spec.window), strides=(spec.window, spec.window), padding="VALID")
+                elif kind == "act":
+                    x = {"relu": jax.nn.relu, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "gelu": jax.nn.gelu}[spec.kind](x)
+                elif kind == "lstm":
+                    x = nn.RNN(nn.OptimizedLSTMCell(spec.hidden), name=name)(x)
+            return x
+
+    return SpecNet
+
+
+_SPECNET = None
+
+
+def SpecNet(layers: tuple):
+    """The Flax linen module of a layer-spec stack (built lazily so this module imports without JAX)."""
+    global _SPECNET
+    if _SPECNET is None:
+        _SPECNET = _build_module()
+    return _SPECNET(tuple(layers))
+
+
+def _loss(net: Network, out, y):
+    import jax.numpy as jnp
+    import optax
+
+    if net.num_classes is None:
+        return jnp.mean(jnp.square(out))
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out, y))
+
+
+def make_train_step(net: Network, *, lr: float = 0.01, momentum: float = 0.9, seed: int = 0,
+                    variables: dict | None = None):
+    """One jitted training iteration of ``net`` and its initial state.
+
+    Returns ``(step, state, batch)`` with ``step(state, x, y) -> (state, loss)``, ``state =
+    (params, batch_stats, opt_state)`` and a synthetic ``batch = (x [B, *input_shape] float32,
+    y [B] int32)`` [our choice: one fixed on-device batch, so data loading is not measured].
+    Optimizer: SGD with momentum [our choice]. ``variables`` overrides the initial parameters.
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    place(net)  # validates shapes before tracing
+    module = SpecNet(net.layers)
+    kx, ky, kp = jax.random.split(jax.random.PRNGKey(seed), 3)
+    x = jax.random.normal(kx, (net.batch, *net.input_shape), jnp.float32)
+    y = jax.random.randint(ky, (net.batch,), 0, net.num_classes or 2)
+    if variables is None:
+        variables = module.init(kp, x) if net.layers else {}
+    params = variables.get("params", {})
+    batch_stats = variables.get("batch_stats", {})
+    tx = optax.sgd(lr, momentum=momentum)
+    opt_state = tx.init(params)
+
+    def loss_fn(p, bs, xb, yb):
+        out, new = module.apply({"params": p, "batch_stats": bs}, xb, mutable=["batch_stats"])
+        return _loss(net, out, yb), new.get("batch_stats", {})
+
+    @jax.jit
+    def step(state, xb, yb):
+        p, bs, opt = state
+        (loss, new_bs), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, bs, xb, yb)
+        updates, opt = tx.update(grads, opt, p)
+        return (optax.apply_updates(p, updates), new_bs, opt), loss
+
+    return step, (params, batch_stats, opt_state), (x, y)
+
+
+# ---------------------------------------------------------------------------------------------
+# Profiling database
+# ---------------------------------------------------------------------------------------------
+class ProfileDB:
+    """Append-only JSONL of measurements, ``{key, meter, network, joules, seconds, ...}`` per line.
+
+    Loading tolerates a last line cut by a kill; a key measured twice keeps the first record.
+    """
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self.records: dict[str, dict] = {}
+        if path and os.path.exists(path):
+            with open(path) as f:
+                for line in f:
+                    line = line.strip()
+                    if not line:
+                        continue
+                    try:
+                        r = json.loads(line)
+                    except json.JSONDecodeError:
+                        break
+                    self.records.setdefault(r["key"], r)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def get(self, key: str) -> dict | None:
+        return self.records.get(key)
+
+    def put(self, record: dict) -> None:
+        if record["key"] in self.records:
+            return
+        self.records[record["key"]] = record
+        if self.path:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+
+def measure_network(meter: Meter, net: Network, db: ProfileDB | None = None, *, windows: int = 5,
+                    min_window_s: float = 0.05, warmup: int = 2, tag: str = "") -> Measurement:
+    """Per-iteration cost of training ``net`` under ``meter`` (re-used from ``db`` when present).
+
+    Simulated meters evaluate their device model on the placed layers; real meters compile the
+    network's own training step and measure medians of ``windows`` windows (see
+    :func:`jaxlab.energy.meters.measure_iterations`). ``tag`` lets callers keep separate
+    measurements of the same network (e.g. repeated held-out measurements).
+    """
+    settings = {"windows": windows, "min_window_s": min_window_s, "tag": tag} if meter.simulate is None else {"tag": tag}
+    key = network_key(net, meter.name, settings)
+    if db is not None and key in db:
+        r = db.get(key)
+        return Measurement(float(r["joules"]) if r["joules"] is not None else float("nan"), float(r["seconds"]))
+    stats: dict = {}
+    if meter.simulate is not None:
+        m = meter.simulate([p.cost_record() for p in place(net)])
+    else:
+        step, state, (x, y) = make_train_step(net)
+        m = measure_iterations(meter, lambda s: step(s[0], x, y), (state, 0.0), warmup=warmup, windows=windows,
+                               min_window_s=min_window_s, stats=stats)
+    if db is not None:
+        db.put({"key": key, "meter": meter.name, "network": network_to_json(net),
+                "joules": None if math.isnan(m.joules) else m.joules, "seconds": m.seconds,
+                "rel_spread": stats.get("rel_spread"), "iters": stats.get("iters"), "unix": time.time()})
+    return m
+
+
+def prefixes(chain: Network) -> list[Network]:
+    """The 0-, 1-, 2-, ..., n-layer prefix variants of ``chain`` (readout loss)."""
+    return [Network(chain.input_shape, tuple(chain.layers[:i]), chain.batch, None) for i in range(len(chain.layers) + 1)]
+
+
+class LayerSample(NamedTuple):
+    """One GP training point: a layer kind (or 'fixed'), its raw features and its cost by subtraction."""
+
+    kind: str
+    features: dict
+    cost: float
+    chain: int
+
+
+def chain_samples(chain: Network, costs: Sequence[float], chain_id: int = 0) -> list[LayerSample]:
+    """Per-layer costs of ``chain`` from its prefix costs ``[c0, c1, ..., cn]`` by subtraction.
+
+    Returns the 'fixed' sample (c0) and one sample per layer, cost ``c_i - c_{i-1}`` (may be
+    negative under noise or when XLA fuses a layer away; the GP floors it, see gp.py).
+    """
+    placed = place(Network(chain.input_shape, chain.layers, chain.batch, None))
+    if len(costs) != len(placed) + 1:
+        raise ValueError(f"costs has {len(costs)} entries; a {len(placed)}-layer chain needs {len(placed) + 1}")
+    out = [LayerSample("fixed", fixed_features(chain), float(costs[0]), chain_id)]
+    for i, p in enumerate(placed):
+        out.append(LayerSample(p.kind, p.features, float(costs[i + 1] - costs[i]), chain_id))
+    return out

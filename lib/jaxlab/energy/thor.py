@@ -1,0 +1,279 @@
+"""THOR: whole-model training cost as the sum of per-layer GP predictions, fitted by active learning.
+
+Pipeline (arXiv 2501.16397, details per systems.md §1; [our choice] where marked):
+
+1. Sample profiling *chains* (3-layer stacks with an input shape and batch) from a design space
+   (:func:`sample_chain`), measure their 0-3-layer prefix variants and get per-layer costs by
+   subtraction (:mod:`jaxlab.energy.profiler`).
+2. Fit one GP per layer kind plus one for the per-iteration overhead ("fixed")
+   (:func:`fit_thor`, :mod:`jaxlab.energy.gp`).
+3. Estimate a whole model as ``fixed + sum_l layer_l`` with an uncertainty band
+   (:func:`estimate`).
+4. Active learning (:func:`active_learning`): from a pool of candidate chains, repeatedly profile
+   the chain whose layers have the largest summed GP predictive variance (log space).
+
+All costs are per training iteration, in the meter's quantity (joules, or seconds for the wall
+clock).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+
+from jaxlab.energy.gp import LayerGP, fit_gp, predict_gp
+from jaxlab.energy.profiler import (
+    LSTM, Act, BatchNorm, Conv, Dense, LayerSample, Network, Pool, feature_vector, fixed_features, place,
+)
+
+__all__ = [
+    "ThorModel", "Estimate", "fit_thor", "estimate", "mape", "chain_variance", "active_learning",
+    "DesignSpace", "sample_chain", "sample_model", "MODEL_FAMILIES",
+]
+
+
+class ThorModel(NamedTuple):
+    gps: dict  # kind -> LayerGP
+    n_samples: dict  # kind -> number of training samples
+
+
+class Estimate(NamedTuple):
+    """Whole-model estimate: ``total`` and its std; ``lower``/``upper`` = total -/+ 2 std (>= 0);
+    ``per_layer``: [(kind, median cost)] with the overhead first."""
+
+    total: float
+    std: float
+    lower: float
+    upper: float
+    per_layer: list
+
+
+def _group(samples: Sequence[LayerSample]) -> dict:
+    by: dict = {}
+    for s in samples:
+        by.setdefault(s.kind, []).append(s)
+    return by
+
+
+def fit_thor(samples: Sequence[LayerSample], *, steps: int = 300, lr: float = 0.05, floor_frac: float = 0.05) -> ThorModel:
+    """One GP per layer kind (and 'fixed') from subtraction samples. Kinds with < 2 samples are skipped."""
+    if not samples:
+        raise ValueError("fit_thor: no samples; profile some chains first")
+    gps, counts = {}, {}
+    for kind, ss in _group(samples).items():
+        counts[kind] = len(ss)
+        if len(ss) < 2:
+            continue
+        F = np.stack([feature_vector(kind, s.features) for s in ss])
+        gps[kind] = fit_gp(kind, F, np.array([s.cost for s in ss]), steps=steps, lr=lr, floor_frac=floor_frac)
+    return ThorModel(gps, counts)
+
+
+def _terms(net: Network) -> list[tuple[str, dict]]:
+    return [("fixed", fixed_features(net))] + [(p.kind, p.features) for p in place(net)]
+
+
+def _predict_terms(model: ThorModel, terms) -> tuple[np.ndarray, np.ndarray]:
+    mu, var = np.zeros(len(terms)), np.zeros(len(terms))
+    by: dict = {}
+    for i, (k, f) in enumerate(terms):
+        by.setdefault(k, []).append((i, f))
+    for k, items in by.items():
+        if k not in model.gps:
+            raise ValueError(f"no GP for layer kind {k!r} (fitted kinds: {sorted(model.gps)}); "
+                             "profile chains that contain this kind")
+        m, v = predict_gp(model.gps[k], np.stack([feature_vector(k, f) for _, f in items]))
+        for (i, _), mi, vi in zip(items, m, v):
+            mu[i], var[i] = mi, vi
+    return mu, var
+
+
+def estimate(model: ThorModel, net: Network) -> Estimate:
+    """``fixed + sum of layers`` for ``net``.
+
+    Each term is log-normal with the GP's log mean/variance; the point estimate sums the medians
+    ``exp(mu)`` [our choice: robust to the heavy right tail of exp], the std sums the log-normal
+    variances ``(exp(v) - 1) exp(2 mu + v)`` assuming independent layers.
+    """
+    terms = _terms(net)
+    mu, var = _predict_terms(model, terms)
+    med = np.exp(mu)
+    total = float(med.sum())
+    std = float(np.sqrt(np.sum((np.exp(var) - 1.0) * np.exp(2 * mu + var))))
+    return Estimate(total, std, max(total - 2 * std, 0.0), total + 2 * std,
+                    [(k, float(c)) for (k, _), c in zip(terms, med)])
+
+
+def mape(predicted: Sequence[float], measured: Sequence[float]) -> float:
+    """Mean absolute percentage error, 100/n * sum |p - m| / m (percent)."""
+    p, m = np.asarray(predicted, np.float64), np.asarray(measured, np.float64)
+    if p.shape != m.shape or p.ndim != 1 or p.size == 0:
+        raise ValueError(f"predicted {p.shape} and measured {m.shape} must be equal non-empty 1-D")
+    if np.any(m <= 0):
+        raise ValueError("measured values must be > 0 for MAPE")
+    return float(100.0 * np.mean(np.abs(p - m) / m))
+
+
+def chain_variance(model: ThorModel, chain: Network) -> float:
+    """Acquisition score of a candidate chain: summed log-space predictive variance of its terms.
+
+    A chain with a kind that has no GP yet scores +inf (it must be profiled first).
+    """
+    terms = _terms(Network(chain.input_shape, chain.layers, chain.batch, None))
+    if any(k not in model.gps for k, _ in terms):
+        return float("inf")
+    return float(_predict_terms(model, terms)[1].sum())
+
+
+def active_learning(pool: Sequence[Network], samples_of: Callable[[int], list], evaluate: Callable[[ThorModel], float],
+                    *, n_init: int, n_max: int, step: int, strategy: str = "variance", seed: int = 0,
+                    fit_kw: dict | None = None) -> list[dict]:
+    """Pool-based active learning over candidate chains.
+
+    pool: candidate chains; samples_of(i) -> LayerSamples of chain i (profiles it, or reads the
+    profiling DB); evaluate(model) -> a score (e.g. MAPE on held-out models). Starts from
+    ``n_init`` random chains, then adds ``step`` chains per round up to ``n_max``: the chains of
+    largest :func:`chain_variance` (``strategy='variance'``) or random ones (``'random'``).
+    Returns ``[{n_chains, score, chosen}]`` per round.
+    """
+    if strategy not in ("variance", "random"):
+        raise ValueError(f"strategy={strategy!r}: use 'variance' or 'random'")
+    if not (0 < n_init <= n_max <= len(pool)) or step < 1:
+        raise ValueError(f"need 0 < n_init={n_init} <= n_max={n_max} <= len(pool)={len(pool)} and step >= 1")
+    rng = np.random.default_rng(seed)
+    order = list(rng.permutation(len(pool)))
+    chosen = order[:n_init]
+    curve = []
+    fit_kw = fit_kw or {}
+    while True:
+        samples = [s for i in chosen for s in samples_of(i)]
+        model = fit_thor(samples, **fit_kw)
+        curve.append({"n_chains": len(chosen), "score": float(evaluate(model)), "chosen": [int(i) for i in chosen]})
+        if len(chosen) >= n_max:
+            return curve
+        k = min(step, n_max - len(chosen))
+        rest = [i for i in range(len(pool)) if i not in set(chosen)]
+        if strategy == "random":
+            pick = [i for i in order if i not in set(chosen)][:k]
+        else:
+            scores = np.array([chain_variance(model, pool[i]) for i in rest])
+            pick = [rest[j] for j in np.argsort(-scores, kind="stable")[:k]]
+        chosen = chosen + pick
+
+
+# ---------------------------------------------------------------------------------------------
+# Design space: profiling chains and held-out whole models
+# ---------------------------------------------------------------------------------------------
+class DesignSpace(NamedTuple):
+    """Ranges to sample from [our choice, sized for a shared 2-core CPU]."""
+
+    image_sizes: tuple = (8, 12, 16, 20, 24, 28)
+    in_channels: tuple = (1, 3, 8, 16, 32)
+    conv_features: tuple = (4, 8, 16, 24, 32, 48, 64)
+    kernels: tuple = (1, 3, 5)
+    dense_features: tuple = (16, 32, 64, 128, 256, 512)
+    vector_sizes: tuple = (32, 64, 128, 256, 512, 784)
+    batches: tuple = (8, 16, 32, 64)
+    seq_lens: tuple = (8, 16)
+    lstm_hidden: tuple = (16, 32, 64)
+    max_train_flops: float = 1.5e9
+    max_params: int = 2_000_000
+    lstm: bool = False
+
+
+def _ok(net: Network, space: DesignSpace) -> bool:
+    try:
+        placed = place(net)
+    except ValueError:
+        return False
+    return (sum(p.train_flops for p in placed) <= space.max_train_flops
+            and sum(p.n_params for p in placed) <= space.max_params)
+
+
+def _next_layer(rng, shape, space: DesignSpace):
+    if len(shape) == 3:
+        r = rng.random()
+        if r < 0.4:
+            pad = "SAME" if rng.random() < 0.7 else "VALID"
+            k = int(rng.choice(space.kernels))
+            stride = 2 if rng.random() < 0.15 else 1
+            return Conv(int(rng.choice(space.conv_features)), k, stride, pad)
+        if r < 0.55:
+            return BatchNorm()
+        if r < 0.72:
+            return Act(str(rng.choice(["relu", "relu", "tanh"])))
+        if r < 0.85 and min(shape[:2]) >= 4:
+            return Pool(2, str(rng.choice(["max", "max", "avg"])))
+        return Dense(int(rng.choice(space.dense_features)))
+    if len(shape) == 2:
+        return LSTM(int(rng.choice(space.lstm_hidden))) if rng.random() < 0.6 else Dense(int(rng.choice(space.dense_features)))
+    return Act("relu") if rng.random() < 0.35 else Dense(int(rng.choice(space.dense_features)))
+
+
+def sample_chain(rng: np.random.Generator, space: DesignSpace = DesignSpace(), length: int = 3) -> Network:
+    """A random profiling chain of ``length`` layers (resampled until within the FLOPs/params caps)."""
+    for _ in range(1000):
+        r = rng.random()
+        if space.lstm and r < 0.12:
+            shape = (int(rng.choice(space.seq_lens)), int(rng.choice(space.vector_sizes[:3])))
+        elif r < 0.3:
+            shape = (int(rng.choice(space.vector_sizes)),)
+        else:
+            hw = int(rng.choice(space.image_sizes))
+            shape = (hw, hw, int(rng.choice(space.in_channels)))
+        layers, s = [], shape
+        for _ in range(length):
+            spec = _next_layer(rng, s, space)
+            layers.append(spec)
+            try:
+                s = place(Network(shape, tuple(layers), 1))[-1].out_shape
+            except ValueError:
+                break
+        net = Network(shape, tuple(layers), int(rng.choice(space.batches)))
+        if len(layers) == length and _ok(net, space):
+            return net
+    raise RuntimeError("sample_chain: no chain within the caps after 1000 tries; loosen DesignSpace caps")
+
+
+MODEL_FAMILIES = ("cnn", "mlp", "lstm")
+
+
+def sample_model(rng: np.random.Generator, family: str, space: DesignSpace = DesignSpace(), num_classes: int = 10) -> Network:
+    """A random whole classifier of ``family`` ('cnn', 'mlp' or 'lstm') ending in Dense(num_classes).
+
+    cnn: 1-3 blocks of Conv(c, k) [BatchNorm] Act [Pool], optional Dense(h)+Act, Dense(classes);
+    mlp: 1-4 Dense(h)+Act, Dense(classes); lstm: LSTM(h) [Dense(h)+Act] Dense(classes).
+    """
+    if family not in MODEL_FAMILIES:
+        raise ValueError(f"family={family!r}: use one of {MODEL_FAMILIES}")
+    for _ in range(1000):
+        batch = int(rng.choice(space.batches))
+        layers = []
+        if family == "cnn":
+            hw = int(rng.choice([s for s in space.image_sizes if s >= 12]))
+            shape = (hw, hw, int(rng.choice([1, 3])))
+            for _ in range(int(rng.integers(1, 4))):
+                layers.append(Conv(int(rng.choice(space.conv_features)), int(rng.choice([3, 5])), 1,
+                                   "SAME" if rng.random() < 0.7 else "VALID"))
+                if rng.random() < 0.4:
+                    layers.append(BatchNorm())
+                layers.append(Act("relu"))
+                if rng.random() < 0.6:
+                    layers.append(Pool(2, "max"))
+            if rng.random() < 0.6:
+                layers += [Dense(int(rng.choice(space.dense_features))), Act("relu")]
+        elif family == "mlp":
+            shape = (int(rng.choice(space.vector_sizes)),)
+            for _ in range(int(rng.integers(1, 5))):
+                layers += [Dense(int(rng.choice(space.dense_features))), Act(str(rng.choice(["relu", "tanh"])))]
+        else:
+            shape = (int(rng.choice(space.seq_lens)), int(rng.choice(space.vector_sizes[:3])))
+            layers.append(LSTM(int(rng.choice(space.lstm_hidden))))
+            if rng.random() < 0.5:
+                layers += [Dense(int(rng.choice(space.dense_features))), Act("relu")]
+        layers.append(Dense(num_classes))
+        net = Network(shape, tuple(layers), batch, num_classes)
+        if _ok(net, space):
+            return net
+    raise RuntimeError(f"sample_model({family!r}): nothing within the caps after 1000 tries")

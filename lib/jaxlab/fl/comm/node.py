@@ -1,0 +1,609 @@
+"""FedCod and star-baseline nodes over asyncio TCP: server, client and relay roles.
+
+One process (or one asyncio task, for tests) per node. Node ids: clients ``0..N-1``, server ``N``.
+Every pair that talks has one outbound TCP connection per direction; the first frame on it is
+HELLO. Frames are :mod:`wire` frames (HMAC-authenticated); a frame that fails to parse or
+authenticate is logged and dropped (the connection is closed only when the stream lost its
+framing), frames of a past round are dropped as stale. Nothing polls: senders sleep on an
+``asyncio.Event`` that is set whenever new work may exist.
+
+A round (FedAvg, server holds a flat float32 vector ``g``):
+
+1. **Download.** The payload ``D`` is the previous round's exact integer aggregate (round 0: the
+   quantised initial model) plus a float multiplier in the ROUND_START header; every node applies
+   ``g += float32(D * mult)`` with identical numpy ops, so all replicas stay bit-identical.
+   [our choice: broadcasting the aggregate, not the float model, keeps the download exact in the
+   field and the same size, one symbol per parameter.]
+   *FedCod*: the server streams random GF(p) combinations of the ``k`` source blocks to each client
+   (at most ``k`` per client) until that client ACKs; a client that gains an innovative block
+   passes it on to every peer that has not ACKed, either recoded (``download="recode"``: a fresh
+   random combination of all it holds, at most ``rank`` blocks per peer) or as-is
+   (``download="forward"``: one-hop forwarding of server blocks only). With ``k`` independent
+   blocks a client ACKs to everyone (ACK-stop) and decodes.
+   *Star*: the server sends the ``k`` systematic blocks to each client.
+2. **Training** runs in a worker thread (``client_train`` callback), so a client keeps relaying
+   while it trains.
+3. **Upload.** A client quantises ``a_c * update`` (``a_c = n_c / sum n``), splits it into ``k``
+   blocks and MDS-encodes ``k + r`` of them; block ``i`` goes to relay ``E[i mod |E|]``.
+   A relay adds the same-index blocks of all clients in the round's set ``E`` (exact coded
+   aggregation) and forwards the sum; the server decodes from any ``k`` complete indices.
+   *Star*: ``r = 0`` and the server is the relay for every index.
+4. **Failures.** A relay reports which clients each index holds (RELAY_STATUS, tiny). When a client
+   disconnects, or ``upload_timeout_s`` passes after the first TRAIN_DONE, the server shrinks the
+   set to the largest ``E'`` that ``k`` indices can cover (greedy: drop the client missing from most
+   indices), announces it (DROP) and relays re-aggregate from the per-client blocks they kept;
+   the mean is renormalised over ``E'``. If even that fails by the next deadline the round is
+   skipped (zero update) and logged. Clients that did not ACK a round's download leave the
+   federation (their replica would be stale).
+
+Timing (monotonic clock, shared by all processes on a host): ``download_s`` = last client decode
+- round start; ``upload_s`` = server decode - last TRAIN_DONE; ``comm_s`` = their sum;
+``round_s`` = server decode - round start (what the redundancy rule sees).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from collections import defaultdict
+from typing import Any, Callable
+
+import numpy as np
+
+from jaxlab.fl.comm import coding, field
+from jaxlab.fl.comm.redundancy import init_redundancy, update_redundancy
+from jaxlab.fl.comm.wire import Frame, FrameError, FrameType as T, Limits, encode_frame, frame_size, read_frame
+
+__all__ = ["Node", "ServerNode", "ClientNode", "TokenBucket", "run_node", "run_inprocess", "main"]
+
+CHUNK_BYTES = 64 << 10
+
+
+class TokenBucket:
+    """Egress shaper for loopback runs: ``rate_bps`` bits/s, burst of one chunk. None = unshaped."""
+
+    def __init__(self, rate_mbit: float | None):
+        self.set_rate(rate_mbit)
+        self.tokens = float(CHUNK_BYTES)
+        self.t = time.monotonic()
+
+    def set_rate(self, rate_mbit: float | None) -> None:
+        self.rate = None if rate_mbit is None else max(float(rate_mbit), 1e-6) * 1e6 / 8.0  # bytes/s
+
+    async def take(self, n: int) -> None:
+        if self.rate is None:
+            return
+        while True:
+            now = time.monotonic()
+            self.tokens = min(float(CHUNK_BYTES), self.tokens + (now - self.t) * self.rate)
+            self.t = now
+            if self.tokens >= n or self.tokens >= CHUNK_BYTES:
+                self.tokens -= n
+                return
+            await asyncio.sleep(min(1.0, (min(n, CHUNK_BYTES) - self.tokens) / self.rate))
+
+
+class Peer:
+    """Outbound link to one node: an urgent queue plus producers polled when the link is free."""
+
+    def __init__(self, node: "Node", pid: int):
+        self.node, self.pid = node, pid
+        self.writer: asyncio.StreamWriter | None = None
+        self.urgent: list[Frame] = []
+        self.producers: list[Callable[[], Frame | None]] = []
+        self.wake = asyncio.Event()
+        self.alive = True
+        link = node.link(node.id, pid)
+        self.bucket = TokenBucket(link.get("rate_mbit") if node.cfg.get("shaper") == "tokenbucket" else None)
+        self.bytes_sent = 0
+        self.task: asyncio.Task | None = None
+
+    def send(self, fr: Frame) -> None:
+        if self.alive:
+            self.urgent.append(fr)
+            self.wake.set()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                fr = self._next()
+                if fr is None:
+                    self.wake.clear()
+                    fr = self._next()  # re-check after clear: no lost wake-ups
+                    if fr is None:
+                        await self.wake.wait()
+                        continue
+                await self._write(fr)
+        except (ConnectionError, OSError) as e:
+            self.alive = False
+            self.node.log.warning("link to %d failed: %s", self.pid, e)
+            self.node.on_peer_dead(self.pid)
+        except asyncio.CancelledError:
+            pass
+
+    def _next(self) -> Frame | None:
+        if self.urgent:
+            return self.urgent.pop(0)
+        for prod in self.producers:
+            fr = prod()
+            if fr is not None:
+                return fr
+        return None
+
+    async def _write(self, fr: Frame) -> None:
+        fr.sender = self.node.id
+        bufs = encode_frame(fr, self.node.key, self.node.limits)
+        n = frame_size(bufs)
+        w = self.writer
+        if self.bucket.rate is None:
+            w.writelines(bufs)
+            await w.drain()
+        else:
+            data = memoryview(b"".join(bytes(b) for b in bufs))
+            for s in range(0, len(data), CHUNK_BYTES):
+                chunk = data[s:s + CHUNK_BYTES]
+                await self.bucket.take(len(chunk))
+                w.write(chunk)
+                await w.drain()
+        self.bytes_sent += n
+        self.node.round_bytes[self.pid] += n
+
+
+class Node:
+    """Shared machinery: listening, connecting, HELLO, frame dispatch with delay, logging."""
+
+    def __init__(self, cfg: dict, node_id: int, task=None):
+        self.cfg, self.id = cfg, int(node_id)
+        self.n = int(cfg["n_clients"])
+        self.server_id = self.n
+        self.k = int(cfg["k"])
+        self.key = bytes.fromhex(cfg["key"])
+        self.limits = Limits(max_payload=int(cfg.get("max_payload", 256 << 20)))
+        self.log = logging.getLogger(f"fedcod.node{self.id}")
+        self.peers: dict[int, Peer] = {}
+        self.inbound_ok: set[int] = set()
+        self.hello_event = asyncio.Event()
+        self.dead: set[int] = set()
+        self.dropped_frames: dict[str, int] = defaultdict(int)
+        self.round_bytes: dict[int, int] = defaultdict(int)
+        self.task = task
+        self.t0 = float(cfg.get("t0", time.monotonic()))
+        self._server: asyncio.AbstractServer | None = None
+        self.stop_event = asyncio.Event()
+        self.rng = np.random.default_rng([int(cfg.get("seed", 0)), self.id, 7])
+
+    # -- topology -------------------------------------------------------------------------------
+    def link(self, a: int, b: int) -> dict:
+        return self.cfg.get("links", {}).get(f"{a},{b}", {})
+
+    def talks_to(self) -> list[int]:
+        if self.id == self.server_id:
+            return list(range(self.n))
+        others = [self.server_id]
+        if self.cfg["mode"] == "fedcod":
+            others += [c for c in range(self.n) if c != self.id]
+        return others
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        host, port = self.cfg["addresses"][str(self.id)]
+        self._server = await asyncio.start_server(self._serve, host, int(port))
+        deadline = time.monotonic() + float(self.cfg.get("connect_timeout_s", 30))
+        for pid in self.talks_to():
+            self.peers[pid] = Peer(self, pid)
+        await asyncio.gather(*(self._connect(p, deadline) for p in self.peers.values()))
+        for p in self.peers.values():
+            p.task = asyncio.create_task(p.run())
+        self._trace_task = asyncio.create_task(self._play_trace())
+
+    async def _connect(self, peer: Peer, deadline: float) -> None:
+        host, port = self.cfg["addresses"][str(peer.pid)]
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection(host, int(port))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise ConnectionError(f"node {self.id}: cannot reach node {peer.pid} at {host}:{port}")
+                await asyncio.sleep(0.05)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            # a small send buffer keeps ACK-stop effective: little is in flight when an ACK lands
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, int(self.cfg.get("sndbuf", 256 << 10)))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        writer.transport.set_write_buffer_limits(high=CHUNK_BYTES)
+        peer.writer = writer
+        bufs = encode_frame(Frame(T.HELLO, sender=self.id, meta=self.hello_meta()), self.key, self.limits)
+        writer.writelines(bufs)
+        await writer.drain()
+
+    def hello_meta(self) -> dict:
+        return {}
+
+    async def close(self) -> None:
+        for p in self.peers.values():
+            if p.task:
+                p.task.cancel()
+            if p.writer:
+                p.writer.close()
+        if getattr(self, "_trace_task", None):
+            self._trace_task.cancel()
+        if self._server:
+            self._server.close()
+
+    async def _play_trace(self) -> None:
+        """Loopback only: apply this node's egress rate changes from the bandwidth trace."""
+        if self.cfg.get("shaper") != "tokenbucket":
+            return
+        rows = sorted((r for r in self.cfg.get("trace", []) if int(r["src"]) == self.id), key=lambda r: r["t"])
+        for r in rows:
+            await asyncio.sleep(max(0.0, self.t0 + float(r["t"]) - time.monotonic()))
+            p = self.peers.get(int(r["dst"]))
+            if p is not None:
+                p.bucket.set_rate(float(r["rate_mbit"]))
+                self.log.info("trace: link %d->%d now %.3g Mbit/s", self.id, p.pid, r["rate_mbit"])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        who = None
+        try:
+            while True:
+                try:
+                    fr = await read_frame(reader, self.key, self.limits)
+                except FrameError as e:
+                    self.dropped_frames["invalid"] += 1
+                    self.log.warning("dropped frame from %s: %s%s", who, e, " (closing connection)" if e.fatal else "")
+                    if e.fatal:
+                        break
+                    continue
+                if fr is None:
+                    break
+                if who is None:
+                    if fr.type != T.HELLO or not (0 <= fr.sender <= self.n):
+                        self.dropped_frames["no_hello"] += 1
+                        self.log.warning("connection did not start with HELLO; closing")
+                        break
+                    who = fr.sender
+                    self.inbound_ok.add(who)
+                    self.on_hello(fr)
+                    continue
+                if fr.sender != who:
+                    self.dropped_frames["spoofed"] += 1
+                    self.log.warning("frame claims sender %d on %d's connection; dropped", fr.sender, who)
+                    continue
+                delay = float(self.link(who, self.id).get("delay_ms", 0.0)) / 1e3
+                if delay > 0:
+                    asyncio.get_running_loop().call_later(delay, self._dispatch, fr)
+                else:
+                    self._dispatch(fr)
+        except (ConnectionError, OSError) as e:
+            self.log.warning("connection from %s broke: %s", who, e)
+        finally:
+            writer.close()
+            if who is not None and not self.stop_event.is_set():
+                self.log.warning("node %d disconnected", who)
+                self.on_peer_dead(who)
+
+    def _dispatch(self, fr: Frame) -> None:
+        try:
+            self.on_frame(fr)
+        except Exception as e:  # a bad frame must never take the node down
+            self.dropped_frames["handler_error"] += 1
+            self.log.exception("frame %s from %d round %d rejected by handler: %s", fr.type.name, fr.sender, fr.round, e)
+
+    def on_hello(self, fr: Frame) -> None:
+        self.hello_event.set()
+
+    def on_peer_dead(self, pid: int) -> None:
+        if pid in self.dead:
+            return
+        self.dead.add(pid)
+        p = self.peers.get(pid)
+        if p is not None:
+            p.alive = False
+
+    def on_frame(self, fr: Frame) -> None:
+        raise NotImplementedError
+
+    def stale(self, fr: Frame, current: int) -> bool:
+        if fr.round < current:
+            self.dropped_frames["stale"] += 1
+            self.log.info("stale %s frame of round %d from %d (now %d); dropped", fr.type.name, fr.round,
+                          fr.sender, current)
+            return True
+        return False
+
+    def take_bytes(self) -> dict:
+        out = {str(k): int(v) for k, v in self.round_bytes.items()}
+        self.round_bytes.clear()
+        return out
+
+
+class Relay:
+    """Coded aggregation for one round: per index, the per-client blocks and the set ``E``."""
+
+    def __init__(self, expected: set[int]):
+        self.expected = set(expected)
+        self.blocks: dict[int, dict[int, np.ndarray]] = defaultdict(dict)
+        self.sent: dict[int, frozenset] = {}
+
+    def add(self, index: int, client: int, data: np.ndarray) -> None:
+        self.blocks[index][client] = data
+
+    def ready(self) -> list[tuple[int, frozenset, np.ndarray]]:
+        """Indices whose blocks cover ``E`` and were not yet forwarded for this ``E``."""
+        out = []
+        e = frozenset(self.expected)
+        if not e:
+            return out
+        for i, per in self.blocks.items():
+            if self.sent.get(i) == e or not e.issubset(per.keys()):
+                continue
+            acc = np.zeros_like(per[next(iter(e))], dtype=np.int64)
+            for c in e:
+                acc += per[c]
+            self.sent[i] = e
+            out.append((i, e, field.canonical(acc)))
+        return out
+
+
+class ClientRound:
+    def __init__(self, node: "ClientNode", rnd: int):
+        self.rnd = rnd
+        self.meta: dict | None = None
+        self.meta_event = asyncio.Event()
+        self.decoder = coding.Decoder(node.k, node.L)
+        self.server_blocks: list[tuple[np.ndarray, np.ndarray]] = []
+        self.fwd_sent: dict[int, int] = defaultdict(int)
+        self.acked: set[int] = set()
+        self.up_queue: dict[int, list[Frame]] = defaultdict(list)
+        self.relay: Relay | None = None
+        self.pending_up: list[Frame] = []
+        self.done = False
+        self.decoded = asyncio.Event()
+        self.t_dl_done = None
+        self.t_train = (None, None)
+
+
+class ClientNode(Node):
+    def __init__(self, cfg: dict, node_id: int, task):
+        super().__init__(cfg, node_id, task)
+        self.n_symbols = int(task.n_params)
+        self.L = coding.block_len(self.n_symbols, self.k)
+        self.global_vec = np.zeros(self.n_symbols, np.float32)
+        self.rounds: dict[int, ClientRound] = {}
+        self.current = -1
+        self.cpu_mark = time.process_time()
+
+    def hello_meta(self) -> dict:
+        return {"n_samples": int(self.task.num_samples(self.id))} if self.id != self.server_id else {}
+
+    async def start(self) -> None:
+        await super().start()
+        for pid, p in self.peers.items():
+            p.producers.append(self._download_producer(pid))
+            p.producers.append(self._upload_producer(pid))
+
+    def state(self, rnd: int) -> ClientRound:
+        st = self.rounds.get(rnd)
+        if st is None:
+            st = self.rounds[rnd] = ClientRound(self, rnd)
+            if rnd > self.current:
+                self.current = rnd
+                for old in [r for r in self.rounds if r < rnd]:
+                    self.rounds[old].done = True
+                    del self.rounds[old]
+        return st
+
+    def wake_all(self) -> None:
+        for p in self.peers.values():
+            p.wake.set()
+
+    # -- download side ---------------------------------------------------------------------------
+    def _download_producer(self, pid: int):
+        def produce() -> Frame | None:
+            if pid == self.server_id or self.cfg["mode"] != "fedcod":
+                return None
+            st = self.rounds.get(self.current)
+            if st is None or st.done or pid in st.acked or pid in self.dead:
+                return None
+            if st.meta is not None and pid not in st.meta["E"]:
+                return None
+            if self.cfg.get("download", "recode") == "forward":
+                i = st.fwd_sent[pid]
+                if i >= len(st.server_blocks):
+                    return None
+                st.fwd_sent[pid] += 1
+                coef, data = st.server_blocks[i]
+            else:
+                if st.fwd_sent[pid] >= st.decoder.rank:
+                    return None
+                st.fwd_sent[pid] += 1
+                c, d = st.decoder.held()
+                coef, data = coding.recode(self.rng, c, d, 1)
+                coef, data = coef[0], data[0]
+            return Frame(T.PEER_BLOCK, st.rnd, st.fwd_sent[pid], coef=coef, payload=data)
+        return produce
+
+    def _upload_producer(self, pid: int):
+        def produce() -> Frame | None:
+            st = self.rounds.get(self.current)
+            if st is None or st.done:
+                return None
+            q = st.up_queue.get(pid)
+            return q.pop(0) if q else None
+        return produce
+
+    def on_frame(self, fr: Frame) -> None:
+        if fr.type == T.SHUTDOWN:
+            self.stop_event.set()
+            return
+        if self.stale(fr, self.current):
+            return
+        if fr.round > self.current + 1 and self.current >= 0:
+            self.dropped_frames["future"] += 1
+            self.log.warning("frame of future round %d (now %d) dropped", fr.round, self.current)
+            return
+        st = self.state(fr.round)
+        if fr.type == T.ROUND_START:
+            if fr.sender != self.server_id:
+                raise ValueError("ROUND_START not from the server")
+            st.meta = fr.meta
+            st.relay = Relay(set(fr.meta["E"]))
+            for up in st.pending_up:
+                self._relay_add(st, up)
+            st.pending_up.clear()
+            st.meta_event.set()
+            self.wake_all()
+        elif fr.type in (T.DOWN_BLOCK, T.PEER_BLOCK):
+            if st.decoder.full:
+                return
+            if fr.payload.size != self.L or fr.coef.size != self.k:
+                raise ValueError(f"block shape k={fr.coef.size}, L={fr.payload.size}; expected {self.k}, {self.L}")
+            if st.decoder.add(fr.coef, fr.payload):
+                if fr.type == T.DOWN_BLOCK:
+                    st.server_blocks.append((fr.coef, fr.payload))
+                if st.decoder.full:
+                    self._on_full(st)
+                self.wake_all()
+        elif fr.type == T.ACK:
+            st.acked.add(fr.sender)
+        elif fr.type == T.UP_BLOCK:
+            if st.relay is None:
+                st.pending_up.append(fr)
+            else:
+                self._relay_add(st, fr)
+        elif fr.type == T.DROP:
+            if st.relay is not None:
+                st.relay.expected = set(fr.meta["E"])
+                self._relay_flush(st)
+            if st.meta is not None:
+                st.meta = {**st.meta, "E": fr.meta["E"]}
+        elif fr.type == T.ROUND_END:
+            st.done = True
+            st.up_queue.clear()
+        else:
+            self.dropped_frames["unexpected"] += 1
+            self.log.warning("unexpected %s frame from %d; dropped", fr.type.name, fr.sender)
+
+    def _on_full(self, st: ClientRound) -> None:
+        st.t_dl_done = time.monotonic()
+        ack = Frame(T.ACK, st.rnd)
+        for pid, p in self.peers.items():
+            p.send(Frame(T.ACK, st.rnd))
+        st.decoded.set()
+        del ack
+
+    # -- relay side ------------------------------------------------------------------------------
+    def _relay_add(self, st: ClientRound, fr: Frame) -> None:
+        (c,) = tuple(fr.clients) if len(fr.clients) == 1 else (None,)
+        if c is None or c != fr.sender and fr.sender != self.id:
+            raise ValueError("UP_BLOCK must carry exactly its sender as client set")
+        if fr.payload.size != self.L:
+            raise ValueError(f"UP_BLOCK payload {fr.payload.size} symbols, expected {self.L}")
+        st.relay.add(fr.index, c, fr.payload)
+        self.peers[self.server_id].send(Frame(T.RELAY_STATUS, st.rnd, fr.index,
+                                              clients=frozenset(st.relay.blocks[fr.index].keys())))
+        self._relay_flush(st)
+
+    def _relay_flush(self, st: ClientRound) -> None:
+        for i, e, agg in st.relay.ready():
+            st.up_queue[self.server_id].append(Frame(T.AGG_BLOCK, st.rnd, i, clients=e, payload=agg))
+        self.peers[self.server_id].wake.set()
+
+    # -- the round loop --------------------------------------------------------------------------
+    async def run(self) -> None:
+        await self.start()
+        loop = asyncio.get_running_loop()
+        while not self.stop_event.is_set():
+            waiter = asyncio.create_task(self._next_round())
+            stopper = asyncio.create_task(self.stop_event.wait())
+            done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            for t in (waiter, stopper):
+                if t not in done:
+                    t.cancel()
+            if waiter not in done:
+                break
+            st = waiter.result()
+            data = st.decoder.decode()
+            d = coding.join(data, self.n_symbols)
+            self.global_vec = self.global_vec + (d.astype(np.float64) * float(st.meta["mult"])).astype(np.float32)
+            if self.id not in st.meta["E"]:
+                continue
+            t_a = time.monotonic()
+            update = await loop.run_in_executor(None, self.task.client_train, self.global_vec, self.id, st.rnd)
+            t_b = time.monotonic()
+            st.t_train = (t_a, t_b)
+            self.peers[self.server_id].send(Frame(T.TRAIN_DONE, st.rnd, meta={"t": t_b, "train_s": t_b - t_a}))
+            if st.done or st.rnd != self.current:
+                continue
+            self._upload(st, update)
+            await self._wait_round_end(st)
+            self._send_stats(st)
+
+    async def _next_round(self) -> ClientRound:
+        while True:
+            st = self.rounds.get(self.current)
+            if st is not None and not getattr(st, "consumed", False):
+                await st.decoded.wait()
+                await st.meta_event.wait()
+                if st.rnd == self.current:
+                    st.consumed = True
+                    return st
+            await asyncio.sleep(0)  # a newer round appeared while waiting
+            ev = asyncio.Event()
+            self._round_waiter = ev
+            if self.rounds.get(self.current) is None or getattr(self.rounds[self.current], "consumed", False):
+                await ev.wait()
+
+    def state_created(self) -> None:
+        ev = getattr(self, "_round_waiter", None)
+        if ev is not None:
+            ev.set()
+
+    def _upload(self, st: ClientRound, update: np.ndarray) -> None:
+        m = st.meta
+        q, n_clip = field.quantize(update, float(m["scale"]), float(m["clip"]), float(m["weights"][str(self.id)]))
+        st.n_clipped = n_clip
+        src = coding.split(q, self.k)
+        n_blocks = self.k + int(m["r"])
+        E = sorted(m["E"])
+        blocks = coding.mds_encode(src, np.arange(n_blocks))
+        for i in range(n_blocks):
+            relay = self.server_id if m["relay"] == "server" else E[i % len(E)]
+            fr = Frame(T.UP_BLOCK, st.rnd, i, clients=frozenset({self.id}), payload=blocks[i])
+            if relay == self.id:
+                fr.sender = self.id
+                self._relay_add(st, fr)
+            else:
+                st.up_queue[relay].append(fr)
+        self.wake_all()
+
+    async def _wait_round_end(self, st: ClientRound) -> None:
+        while not st.done and not self.stop_event.is_set() and self.current == st.rnd:
+            ev = asyncio.Event()
+            self._round_waiter = ev
+            try:
+                await asyncio.wait_for(ev.wait(), timeout=0.5)
+            except asyncio.TimeoutError:
+                pass
+
+    def _send_stats(self, st: ClientRound) -> None:
+        cpu = time.process_time()
+        meta = {"t_dl_done": st.t_dl_done, "train_s": st.t_train[1] - st.t_train[0],
+                "cpu_s": cpu - self.cpu_mark, "bytes": self.take_bytes(),
+                "dropped": dict(self.dropped_frames), "n_clipped": getattr(st, "n_clipped", 0),
+                "global_sha": _sha(self.global_vec)}
+        self.cpu_mark = cpu
+        self.peers[self.server_id].send(Frame(T.STATS, st.rnd, meta=meta))
+
+
+def _sha(v: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()[:16]

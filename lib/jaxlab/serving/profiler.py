@@ -1,0 +1,125 @@
+"""Per-operator profiles on every device and the fitted transfer model (Chrion's offline phase).
+
+``profile_graph(graph, devices)`` times each distinct operator signature (ops with equal
+``Op.signature`` share one compiled executable and one measurement, e.g. all steps of a layer) as
+one jitted call on each device: ``warmup`` untimed calls, then ``repeats`` timed calls with
+``block_until_ready``; the median is the cost, 1.4826 * MAD its spread. Inputs are committed to the
+device (weights are the model's real constants). ``measure_transfers`` fits
+``t = alpha + bytes / beta`` by least squares to median ``device_put`` copy times.
+
+Timings on a shared 2-core machine are noisy: medians, never means.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+
+from jaxlab.serving.cost import CostModel, DeviceSpec
+from jaxlab.serving.graph import Graph
+
+__all__ = ["profile_graph", "measure_transfers", "measure_dispatch", "time_call"]
+
+
+def time_call(fn, args, repeats: int = 20, warmup: int = 3) -> tuple:
+    """(median seconds, robust std seconds) of ``fn(*args)`` including block_until_ready."""
+    import jax
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    ts = np.empty(repeats)
+    for k in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        ts[k] = time.perf_counter() - t0
+    med = float(np.median(ts))
+    return med, float(1.4826 * np.median(np.abs(ts - med)))
+
+
+def measure_dispatch(device, repeats: int = 50) -> float:
+    """Seconds of a trivial jitted call on ``device`` (the fixed cost every dispatch pays)."""
+    import jax
+    import jax.numpy as jnp
+    x = jax.device_put(jnp.zeros((1,), jnp.float32), device)
+    f = jax.jit(lambda a: a + 1.0)
+    return time_call(f, (x,), repeats=repeats, warmup=5)[0]
+
+
+def _example_inputs(graph: Graph, op, device, rng):
+    import jax
+    args = []
+    for v in op.inputs:
+        if v in graph.constants:
+            a = graph.constants[v]
+        else:
+            info = graph.values[v]
+            if np.dtype(info.dtype).kind == "f":
+                a = rng.standard_normal(info.shape).astype(np.float32)
+            else:
+                a = np.zeros(info.shape, np.int32)
+        args.append(jax.device_put(a, device))
+    return args
+
+
+def profile_graph(graph: Graph, devices: Sequence[DeviceSpec], repeats: int = 15, warmup: int = 3,
+                  transfer_sizes: Sequence[int] = (256, 4096, 65536, 1 << 20), seed: int = 0) -> CostModel:
+    """Measures every op on every device. Returns a :class:`CostModel` (seconds, bytes/s)."""
+    import jax
+    if not devices:
+        raise ValueError("devices is empty: pass jaxlab.serving.cost.available_devices()")
+    rng = np.random.default_rng(seed)
+    n, nd = len(graph.ops), len(devices)
+    rep = {}
+    for i, op in enumerate(graph.ops):
+        rep.setdefault(op.signature, []).append(i)
+    times = np.zeros((n, nd))
+    stds = np.zeros((n, nd))
+    dispatch = np.array([measure_dispatch(d.device) for d in devices])
+    for d, spec in enumerate(devices):
+        for sig, members in rep.items():
+            op = graph.ops[members[0]]
+            f = jax.jit(op.fn)
+            args = _example_inputs(graph, op, spec.device, rng)
+            med, sd = time_call(f, args, repeats=repeats, warmup=warmup)
+            times[members, d] = med
+            stds[members, d] = sd
+    compute = np.maximum(times - dispatch[None, :], 0.0)
+    floor = np.zeros((n, nd))
+    for d, spec in enumerate(devices):
+        if spec.emulated:
+            floor[:, d] = spec.launch_s + spec.speed_factor * compute[:, d]
+    op_time = np.maximum(times, floor)
+    alpha, beta = measure_transfers(devices, transfer_sizes)
+    return CostModel(op_time=op_time, op_compute=compute, op_std=stds, floor=floor, dispatch_s=dispatch,
+                     alpha=alpha, beta=beta, device_names=tuple(d.name for d in devices),
+                     emulated=tuple(d.emulated for d in devices))
+
+
+def measure_transfers(devices: Sequence[DeviceSpec], sizes: Sequence[int] = (256, 4096, 65536, 1 << 20),
+                      repeats: int = 15) -> tuple:
+    """Fits alpha [s] and beta [bytes/s] per ordered device pair from device_put copies."""
+    import jax
+    nd = len(devices)
+    alpha = np.zeros((nd, nd))
+    beta = np.full((nd, nd), np.inf)
+    for a in range(nd):
+        for b in range(nd):
+            if a == b:
+                continue
+            xs, ys = [], []
+            for s in sizes:
+                src = jax.device_put(np.zeros(max(int(s) // 4, 1), np.float32), devices[a].device)
+                jax.block_until_ready(src)
+                med, _ = time_call(lambda x: jax.device_put(x, devices[b].device), (src,), repeats=repeats, warmup=2)
+                xs.append(float(s)); ys.append(med)
+            slope, icpt = np.polyfit(np.array(xs), np.array(ys), 1)
+            al = max(float(icpt), float(min(ys)) if icpt <= 0 else float(icpt))
+            inv_beta = max(float(slope), 1e-13)
+            link = [devices[a], devices[b]]
+            for spec in link:
+                if spec.emulated:  # the emulated link is never faster than its PCIe-like model
+                    al = max(al, spec.link_alpha_s)
+                    inv_beta = max(inv_beta, 1.0 / spec.link_beta_Bps)
+            alpha[a, b], beta[a, b] = al, 1.0 / inv_beta
+    return alpha, beta
