@@ -356,7 +356,6 @@ class ClientRound:
     def __init__(self, node: "ClientNode", rnd: int):
         self.rnd = rnd
         self.meta: dict | None = None
-        self.meta_event = asyncio.Event()
         self.decoder = coding.Decoder(node.k, node.L)
         self.server_blocks: list[tuple[np.ndarray, np.ndarray]] = []
         self.fwd_sent: dict[int, int] = defaultdict(int)
@@ -365,9 +364,16 @@ class ClientRound:
         self.relay: Relay | None = None
         self.pending_up: list[Frame] = []
         self.done = False
-        self.decoded = asyncio.Event()
-        self.t_dl_done = None
-        self.t_train = (None, None)
+        self.end_event = asyncio.Event()
+        self.queued = False
+        self.t_dl_done: float | None = None
+        self.t_train = (0.0, 0.0)
+        self.n_clipped = 0
+
+    def finish(self) -> None:
+        self.done = True
+        self.up_queue.clear()
+        self.end_event.set()
 
 
 class ClientNode(Node):
@@ -378,10 +384,11 @@ class ClientNode(Node):
         self.global_vec = np.zeros(self.n_symbols, np.float32)
         self.rounds: dict[int, ClientRound] = {}
         self.current = -1
+        self.ready: asyncio.Queue = asyncio.Queue()
         self.cpu_mark = time.process_time()
 
     def hello_meta(self) -> dict:
-        return {"n_samples": int(self.task.num_samples(self.id))} if self.id != self.server_id else {}
+        return {"n_samples": int(self.task.num_samples(self.id))}
 
     async def start(self) -> None:
         await super().start()
@@ -396,13 +403,17 @@ class ClientNode(Node):
             if rnd > self.current:
                 self.current = rnd
                 for old in [r for r in self.rounds if r < rnd]:
-                    self.rounds[old].done = True
-                    del self.rounds[old]
+                    self.rounds.pop(old).finish()
         return st
 
     def wake_all(self) -> None:
         for p in self.peers.values():
             p.wake.set()
+
+    def _maybe_ready(self, st: ClientRound) -> None:
+        if st.decoder.full and st.meta is not None and not st.queued:
+            st.queued = True
+            self.ready.put_nowait(st)
 
     # -- download side ---------------------------------------------------------------------------
     def _download_producer(self, pid: int):
@@ -441,7 +452,8 @@ class ClientNode(Node):
 
     def on_frame(self, fr: Frame) -> None:
         if fr.type == T.SHUTDOWN:
-            self.stop_event.set()
+            if fr.sender == self.server_id:
+                self.stop_event.set()
             return
         if self.stale(fr, self.current):
             return
@@ -453,12 +465,12 @@ class ClientNode(Node):
         if fr.type == T.ROUND_START:
             if fr.sender != self.server_id:
                 raise ValueError("ROUND_START not from the server")
-            st.meta = fr.meta
-            st.relay = Relay(set(fr.meta["E"]))
+            st.meta = dict(fr.meta)
+            st.relay = Relay(set(st.meta["E"]))
             for up in st.pending_up:
                 self._relay_add(st, up)
             st.pending_up.clear()
-            st.meta_event.set()
+            self._maybe_ready(st)
             self.wake_all()
         elif fr.type in (T.DOWN_BLOCK, T.PEER_BLOCK):
             if st.decoder.full:
@@ -469,7 +481,10 @@ class ClientNode(Node):
                 if fr.type == T.DOWN_BLOCK:
                     st.server_blocks.append((fr.coef, fr.payload))
                 if st.decoder.full:
-                    self._on_full(st)
+                    st.t_dl_done = time.monotonic()
+                    for p in self.peers.values():
+                        p.send(Frame(T.ACK, st.rnd))
+                    self._maybe_ready(st)
                 self.wake_all()
         elif fr.type == T.ACK:
             st.acked.add(fr.sender)
@@ -479,34 +494,27 @@ class ClientNode(Node):
             else:
                 self._relay_add(st, fr)
         elif fr.type == T.DROP:
+            if fr.sender != self.server_id:
+                raise ValueError("DROP not from the server")
+            if st.meta is not None:
+                st.meta["E"] = list(fr.meta["E"])
             if st.relay is not None:
                 st.relay.expected = set(fr.meta["E"])
                 self._relay_flush(st)
-            if st.meta is not None:
-                st.meta = {**st.meta, "E": fr.meta["E"]}
         elif fr.type == T.ROUND_END:
-            st.done = True
-            st.up_queue.clear()
+            if fr.sender == self.server_id:
+                st.finish()
         else:
             self.dropped_frames["unexpected"] += 1
             self.log.warning("unexpected %s frame from %d; dropped", fr.type.name, fr.sender)
 
-    def _on_full(self, st: ClientRound) -> None:
-        st.t_dl_done = time.monotonic()
-        ack = Frame(T.ACK, st.rnd)
-        for pid, p in self.peers.items():
-            p.send(Frame(T.ACK, st.rnd))
-        st.decoded.set()
-        del ack
-
     # -- relay side ------------------------------------------------------------------------------
     def _relay_add(self, st: ClientRound, fr: Frame) -> None:
-        (c,) = tuple(fr.clients) if len(fr.clients) == 1 else (None,)
-        if c is None or c != fr.sender and fr.sender != self.id:
+        if len(fr.clients) != 1 or next(iter(fr.clients)) != fr.sender:
             raise ValueError("UP_BLOCK must carry exactly its sender as client set")
         if fr.payload.size != self.L:
             raise ValueError(f"UP_BLOCK payload {fr.payload.size} symbols, expected {self.L}")
-        st.relay.add(fr.index, c, fr.payload)
+        st.relay.add(fr.index, fr.sender, fr.payload)
         self.peers[self.server_id].send(Frame(T.RELAY_STATUS, st.rnd, fr.index,
                                               clients=frozenset(st.relay.blocks[fr.index].keys())))
         self._relay_flush(st)
@@ -520,90 +528,401 @@ class ClientNode(Node):
     async def run(self) -> None:
         await self.start()
         loop = asyncio.get_running_loop()
-        while not self.stop_event.is_set():
-            waiter = asyncio.create_task(self._next_round())
-            stopper = asyncio.create_task(self.stop_event.wait())
-            done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            for t in (waiter, stopper):
-                if t not in done:
-                    t.cancel()
-            if waiter not in done:
-                break
-            st = waiter.result()
-            data = st.decoder.decode()
-            d = coding.join(data, self.n_symbols)
-            self.global_vec = self.global_vec + (d.astype(np.float64) * float(st.meta["mult"])).astype(np.float32)
-            if self.id not in st.meta["E"]:
-                continue
-            t_a = time.monotonic()
-            update = await loop.run_in_executor(None, self.task.client_train, self.global_vec, self.id, st.rnd)
-            t_b = time.monotonic()
-            st.t_train = (t_a, t_b)
-            self.peers[self.server_id].send(Frame(T.TRAIN_DONE, st.rnd, meta={"t": t_b, "train_s": t_b - t_a}))
-            if st.done or st.rnd != self.current:
-                continue
-            self._upload(st, update)
-            await self._wait_round_end(st)
-            self._send_stats(st)
-
-    async def _next_round(self) -> ClientRound:
-        while True:
-            st = self.rounds.get(self.current)
-            if st is not None and not getattr(st, "consumed", False):
-                await st.decoded.wait()
-                await st.meta_event.wait()
-                if st.rnd == self.current:
-                    st.consumed = True
-                    return st
-            await asyncio.sleep(0)  # a newer round appeared while waiting
-            ev = asyncio.Event()
-            self._round_waiter = ev
-            if self.rounds.get(self.current) is None or getattr(self.rounds[self.current], "consumed", False):
-                await ev.wait()
-
-    def state_created(self) -> None:
-        ev = getattr(self, "_round_waiter", None)
-        if ev is not None:
-            ev.set()
+        stopper = asyncio.create_task(self.stop_event.wait())
+        try:
+            while True:
+                getter = asyncio.create_task(self.ready.get())
+                done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    break
+                st = getter.result()
+                d = coding.join(st.decoder.decode(), self.n_symbols)
+                self.global_vec = self.global_vec + (d.astype(np.float64) * float(st.meta["mult"])).astype(np.float32)
+                sha = _sha(self.global_vec)
+                if self.id not in st.meta["E"] or st.done:
+                    continue
+                t_a = time.monotonic()
+                update = await loop.run_in_executor(None, self.task.client_train, self.global_vec, self.id, st.rnd)
+                t_b = time.monotonic()
+                st.t_train = (t_a, t_b)
+                self.peers[self.server_id].send(Frame(T.TRAIN_DONE, st.rnd, meta={"t": t_b, "train_s": t_b - t_a}))
+                if not st.done:
+                    self._upload(st, update)
+                    await asyncio.wait({asyncio.create_task(st.end_event.wait()), stopper},
+                                       return_when=asyncio.FIRST_COMPLETED)
+                self._send_stats(st, sha)
+        finally:
+            stopper.cancel()
+            await asyncio.sleep(0.05)  # let the last STATS frame leave
+            await self.close()
 
     def _upload(self, st: ClientRound, update: np.ndarray) -> None:
         m = st.meta
-        q, n_clip = field.quantize(update, float(m["scale"]), float(m["clip"]), float(m["weights"][str(self.id)]))
-        st.n_clipped = n_clip
+        q, st.n_clipped = field.quantize(update, float(m["scale"]), float(m["clip"]), float(m["weights"][str(self.id)]))
         src = coding.split(q, self.k)
         n_blocks = self.k + int(m["r"])
         E = sorted(m["E"])
         blocks = coding.mds_encode(src, np.arange(n_blocks))
         for i in range(n_blocks):
             relay = self.server_id if m["relay"] == "server" else E[i % len(E)]
-            fr = Frame(T.UP_BLOCK, st.rnd, i, clients=frozenset({self.id}), payload=blocks[i])
+            fr = Frame(T.UP_BLOCK, st.rnd, i, sender=self.id, clients=frozenset({self.id}), payload=blocks[i])
             if relay == self.id:
-                fr.sender = self.id
                 self._relay_add(st, fr)
-            else:
+            elif relay not in self.dead:
                 st.up_queue[relay].append(fr)
         self.wake_all()
 
-    async def _wait_round_end(self, st: ClientRound) -> None:
-        while not st.done and not self.stop_event.is_set() and self.current == st.rnd:
-            ev = asyncio.Event()
-            self._round_waiter = ev
-            try:
-                await asyncio.wait_for(ev.wait(), timeout=0.5)
-            except asyncio.TimeoutError:
-                pass
-
-    def _send_stats(self, st: ClientRound) -> None:
+    def _send_stats(self, st: ClientRound, sha: str) -> None:
         cpu = time.process_time()
         meta = {"t_dl_done": st.t_dl_done, "train_s": st.t_train[1] - st.t_train[0],
                 "cpu_s": cpu - self.cpu_mark, "bytes": self.take_bytes(),
-                "dropped": dict(self.dropped_frames), "n_clipped": getattr(st, "n_clipped", 0),
-                "global_sha": _sha(self.global_vec)}
+                "dropped": dict(self.dropped_frames), "n_clipped": st.n_clipped, "global_sha": sha}
         self.cpu_mark = cpu
         self.peers[self.server_id].send(Frame(T.STATS, st.rnd, meta=meta))
+
+
+class ServerRound:
+    def __init__(self, rnd: int, E: list[int], source: np.ndarray, relay_local: bool):
+        self.rnd = rnd
+        self.E = set(E)
+        self.E0 = list(E)
+        self.source = source
+        self.sent: dict[int, int] = defaultdict(int)
+        self.acked: set[int] = set()
+        self.status: dict[int, frozenset] = {}
+        self.agg: dict[int, np.ndarray] = {}
+        self.relay = Relay(set(E)) if relay_local else None
+        self.train_done: dict[int, float] = {}
+        self.stats: dict[int, dict] = {}
+        self.event = asyncio.Event()
+        self.shrink_now = False
+        self.result: np.ndarray | None = None
+        self.t_start = time.monotonic()
+        self.t_end: float | None = None
+        self.drops: list[dict] = []
+        self.deadline: float | None = None
+
+
+def shrink_client_set(E: set[int], status: dict[int, frozenset], k: int) -> set[int]:
+    """Largest-first greedy: the biggest set that at least ``k`` indices fully cover, else empty."""
+    E = set(E)
+    while E:
+        if sum(1 for s in status.values() if E <= s) >= k:
+            return E
+        counts = {c: sum(1 for s in status.values() if c in s) for c in E}
+        E.remove(min(E, key=lambda c: (counts[c], -c)))
+    return E
+
+
+class ServerNode(Node):
+    def __init__(self, cfg: dict, node_id: int, task):
+        super().__init__(cfg, node_id, task)
+        self.n_symbols = int(task.n_params)
+        self.L = coding.block_len(self.n_symbols, self.k)
+        self.n_samples: dict[int, int] = {}
+        self.rs: ServerRound | None = None
+        self.global_vec = np.zeros(self.n_symbols, np.float32)
+        self.red = init_redundancy(int(cfg.get("r0", 9)))
+        self.metrics: list[dict] = []
+
+    def on_hello(self, fr: Frame) -> None:
+        if 0 <= fr.sender < self.n:
+            self.n_samples[fr.sender] = int(fr.meta.get("n_samples", 1))
+        if len(self.n_samples) == self.n:
+            self.hello_event.set()
+
+    def on_peer_dead(self, pid: int) -> None:
+        super().on_peer_dead(pid)
+        rs = self.rs
+        if rs is not None and pid in rs.E and rs.result is None:
+            self.log.warning("client %d lost during round %d: shrinking the client set", pid, rs.rnd)
+            rs.shrink_now = True
+            rs.event.set()
+
+    def _download_producer(self, c: int):
+        def produce() -> Frame | None:
+            rs = self.rs
+            if rs is None or rs.result is not None or c in rs.acked or c not in rs.E0:
+                return None
+            j = rs.sent[c]
+            if j >= int(self.cfg.get("server_blocks_per_client", self.k)):
+                return None
+            rs.sent[c] += 1
+            if self.cfg["mode"] == "fedcod":
+                coef = field.random_elements(self.rng, (1, self.k))
+                data = coding.encode(coef, rs.source)[0]
+                coef = coef[0]
+            else:
+                coef = np.zeros(self.k, np.int64)
+                coef[j] = 1
+                data = rs.source[j]
+            return Frame(T.DOWN_BLOCK, rs.rnd, j, coef=coef, payload=data)
+        return produce
+
+    def on_frame(self, fr: Frame) -> None:
+        rs = self.rs
+        if rs is None or self.stale(fr, rs.rnd):
+            return
+        if fr.round != rs.rnd:
+            self.dropped_frames["future"] += 1
+            self.log.warning("%s frame of future round %d from %d dropped", fr.type.name, fr.round, fr.sender)
+            return
+        if fr.type == T.ACK:
+            rs.acked.add(fr.sender)
+        elif fr.type == T.TRAIN_DONE:
+            rs.train_done[fr.sender] = float(fr.meta["t"])
+            rs.event.set()
+        elif fr.type == T.STATS:
+            rs.stats[fr.sender] = fr.meta
+            rs.event.set()
+        elif fr.type == T.RELAY_STATUS:
+            rs.status[fr.index] = fr.clients
+        elif fr.type == T.UP_BLOCK and rs.relay is not None:
+            if len(fr.clients) != 1 or next(iter(fr.clients)) != fr.sender or fr.payload.size != self.L:
+                raise ValueError("malformed UP_BLOCK")
+            rs.relay.add(fr.index, fr.sender, fr.payload)
+            rs.status[fr.index] = frozenset(rs.relay.blocks[fr.index].keys())
+            for i, e, agg in rs.relay.ready():
+                self._accept_agg(rs, i, e, agg)
+        elif fr.type == T.AGG_BLOCK:
+            if fr.payload.size != self.L:
+                raise ValueError(f"AGG_BLOCK payload {fr.payload.size} symbols, expected {self.L}")
+            self._accept_agg(rs, fr.index, fr.clients, fr.payload)
+        else:
+            self.dropped_frames["unexpected"] += 1
+            self.log.warning("unexpected %s frame from %d; dropped", fr.type.name, fr.sender)
+
+    def _accept_agg(self, rs: ServerRound, i: int, clients: frozenset, data: np.ndarray) -> None:
+        if rs.result is not None or frozenset(clients) != frozenset(rs.E):
+            return  # aggregate over an outdated client set
+        rs.agg[i] = data
+        if len(rs.agg) >= self.k:
+            idx = sorted(rs.agg)[: self.k]
+            src = coding.mds_decode(idx, np.stack([rs.agg[i] for i in idx]), self.k)
+            rs.result = coding.join(src, self.n_symbols).copy()
+            rs.t_end = time.monotonic()
+            rs.event.set()
+
+    def _shrink(self, rs: ServerRound, reason: str) -> bool:
+        status = dict(rs.status)
+        new = shrink_client_set(rs.E - self.dead, status, self.k)
+        if new == rs.E:
+            return False
+        self.log.warning("round %d: %s; client set %s -> %s", rs.rnd, reason, sorted(rs.E), sorted(new))
+        rs.drops.append({"t": time.monotonic() - rs.t_start, "reason": reason, "E": sorted(new)})
+        rs.E = new
+        rs.agg.clear()
+        if rs.relay is not None:
+            rs.relay.expected = set(new)
+        for c in rs.E0:
+            if c not in self.dead:
+                self.peers[c].send(Frame(T.DROP, rs.rnd, meta={"E": sorted(new)}))
+        if rs.relay is not None:
+            for i, e, agg in rs.relay.ready():
+                self._accept_agg(rs, i, e, agg)
+        return True
+
+    async def run_round(self, rnd: int, payload: np.ndarray, mult: float, members: list[int]) -> dict:
+        to = self.cfg.get("timeouts", {})
+        up_to = float(to.get("upload_s", 30.0))
+        round_to = float(to.get("round_s", 300.0))
+        E = sorted(members)
+        tot = sum(self.n_samples[c] for c in E)
+        weights = {str(c): self.n_samples[c] / tot for c in E}
+        clip = float(self.cfg.get("clip", 1.0))
+        scale = field.update_scale(len(E), clip)
+        fedcod = self.cfg["mode"] == "fedcod"
+        r_up = self.red.r if fedcod else 0
+        rs = ServerRound(rnd, E, coding.split(payload, self.k), relay_local=not fedcod)
+        cpu0 = time.process_time()
+        self.rs = rs
+        meta = {"E": E, "weights": weights, "scale": scale, "clip": clip, "r": int(r_up),
+                "relay": "clients" if fedcod else "server", "mult": float(mult)}
+        for c in E:
+            self.peers[c].send(Frame(T.ROUND_START, rnd, meta=meta))
+        for p in self.peers.values():
+            p.wake.set()
+        extended = False
+        deadline_abs = rs.t_start + round_to
+        while rs.result is None:
+            now = time.monotonic()
+            if rs.deadline is None and rs.train_done:
+                rs.deadline = min(rs.train_done.values()) + up_to
+            dl = deadline_abs if rs.deadline is None else min(deadline_abs, rs.deadline)
+            rs.event.clear()
+            if rs.shrink_now:
+                rs.shrink_now = False
+                self._shrink(rs, "client disconnected")
+                rs.deadline = time.monotonic() + up_to
+                continue
+            if now >= dl:
+                if now >= deadline_abs or extended:
+                    self.log.error("round %d FAILED: no %d complete aggregated blocks for any client set "
+                                   "by the deadline; skipping its update", rnd, self.k)
+                    break
+                changed = self._shrink(rs, f"upload timeout ({up_to:.3g} s)")
+                extended = True
+                rs.deadline = time.monotonic() + up_to
+                if not changed:
+                    self.log.warning("round %d: upload timeout, client set unchanged; waiting once more", rnd)
+                continue
+            try:
+                await asyncio.wait_for(rs.event.wait(), timeout=dl - now)
+            except asyncio.TimeoutError:
+                pass
+        ok = rs.result is not None
+        t_end = rs.t_end if ok else time.monotonic()
+        for c in rs.E0:
+            self.peers[c].send(Frame(T.ROUND_END, rnd))
+        if ok:
+            a_sum = sum(weights[str(c)] for c in rs.E)
+            mult_next = 1.0 / (scale * a_sum)
+            agg = rs.result
+        else:
+            mult_next, agg = 0.0, np.zeros(self.n_symbols, np.int32)
+        self.global_vec = self.global_vec + (agg.astype(np.float64) * mult_next).astype(np.float32)
+        cpu_server = time.process_time() - cpu0
+        # statistics arrive right after ROUND_END; wait briefly (outside the timed round)
+        stats_deadline = time.monotonic() + float(to.get("stats_s", 5.0))
+        want = set(rs.E0) - self.dead
+        while not want.issubset(rs.stats) and time.monotonic() < stats_deadline:
+            rs.event.clear()
+            try:
+                await asyncio.wait_for(rs.event.wait(), timeout=max(0.0, stats_deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                pass
+        round_s = t_end - rs.t_start
+        dl_done = [s["t_dl_done"] for s in rs.stats.values() if s.get("t_dl_done")]
+        train_end = [rs.train_done[c] for c in rs.E if c in rs.train_done]
+        download_s = (max(dl_done) - rs.t_start) if dl_done else float("nan")
+        upload_s = (t_end - max(train_end)) if (ok and train_end) else float("nan")
+        row = {"round": rnd, "mode": self.cfg["mode"], "download": self.cfg.get("download", "recode"),
+               "ok": ok, "E_start": E, "E_final": sorted(rs.E), "r": int(r_up), "round_s": round_s,
+               "download_s": download_s, "upload_s": upload_s, "comm_s": download_s + upload_s,
+               "train_s_max": max((s["train_s"] for s in rs.stats.values()), default=float("nan")),
+               "cpu_s": {str(c): s["cpu_s"] for c, s in rs.stats.items()}, "cpu_s_server": cpu_server,
+               "bytes": {str(c): s["bytes"] for c, s in rs.stats.items()},
+               "n_clipped": int(sum(s.get("n_clipped", 0) for s in rs.stats.values())),
+               "client_sha": {str(c): s["global_sha"] for c, s in rs.stats.items()},
+               "drops": rs.drops, "acked": sorted(rs.acked)}
+        row["bytes"][str(self.id)] = self.take_bytes()
+        row["dropped_frames"] = {str(c): s.get("dropped", {}) for c, s in rs.stats.items()}
+        row["dropped_frames"][str(self.id)] = dict(self.dropped_frames)
+        if self.cfg["mode"] == "fedcod":
+            self.red = update_redundancy(self.red, int(round(round_s * 1000)), self.n,
+                                         int(self.cfg.get("r_thres", 45)), int(self.cfg.get("r_delta", 9)))
+        self.rs = None
+        return row, agg, mult_next, sorted(rs.acked)
+
+    async def run(self) -> list[dict]:
+        await self.start()
+        for c, p in self.peers.items():
+            p.producers.append(self._download_producer(c))
+        try:
+            await asyncio.wait_for(self.hello_event.wait(), float(self.cfg.get("connect_timeout_s", 30)))
+        except asyncio.TimeoutError:
+            raise ConnectionError(f"server: only clients {sorted(self.n_samples)} said HELLO within the timeout")
+        init = np.asarray(self.task.init_vector(), np.float32)
+        amax = float(np.max(np.abs(init))) or 1.0
+        scale0 = float(np.floor(field.HALF / amax))
+        payload, _ = field.quantize(init, scale0, amax)
+        mult = 1.0 / scale0
+        self.global_vec = (payload.astype(np.float64) * mult).astype(np.float32)
+        members = list(range(self.n))
+        out_path = self.cfg.get("out")
+        for rnd in range(int(self.cfg["rounds"])):
+            sha_start = _sha(self.global_vec)
+            row, payload, mult, acked = await self.run_round(rnd, payload, mult, members)
+            row["replicas_in_sync"] = all(v == sha_start for v in row["client_sha"].values())
+            row.update(self.task.evaluate(self.global_vec))
+            row["global_sha"] = _sha(self.global_vec)
+            self.metrics.append(row)
+            self.log.info("round %d: ok=%s round %.2fs dl %.2fs up %.2fs acc %.4f r=%d", rnd, row["ok"],
+                          row["round_s"], row["download_s"], row["upload_s"], row["accuracy"], row["r"])
+            if out_path:
+                with open(out_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            members = [c for c in acked if c in row["E_start"] and c not in self.dead]
+            if not members:
+                self.log.error("no client left in the federation after round %d; stopping", rnd)
+                break
+        for c, p in self.peers.items():
+            p.send(Frame(T.SHUTDOWN, 0))
+        self.stop_event.set()
+        await asyncio.sleep(0.2)
+        await self.close()
+        return self.metrics
 
 
 def _sha(v: np.ndarray) -> str:
     import hashlib
 
     return hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()[:16]
+
+
+def setup_logging(path: str | None, node_id: int) -> None:
+    h = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
+    h.setFormatter(logging.Formatter(f"%(asctime)s node{node_id} %(levelname)s %(message)s"))
+    lg = logging.getLogger(f"fedcod.node{node_id}")
+    lg.handlers[:] = [h]
+    lg.setLevel(logging.INFO)
+    lg.propagate = False
+
+
+def make_node(cfg: dict, node_id: int):
+    from jaxlab.fl.comm.fedavg_wire import make_task
+
+    task = make_task(cfg["task"])
+    return (ServerNode if int(node_id) == int(cfg["n_clients"]) else ClientNode)(cfg, node_id, task)
+
+
+def run_node(cfg: dict, node_id: int):
+    """Runs one node to completion in this process (server returns its per-round metrics)."""
+    node = make_node(cfg, node_id)
+    return asyncio.run(node.run())
+
+
+async def _run_all(cfg: dict, kill: dict | None):
+    nodes = [make_node(cfg, i) for i in range(int(cfg["n_clients"]) + 1)]
+    tasks = [asyncio.create_task(nd.run()) for nd in nodes]
+    if kill:  # test hook: crash a client mid-round (its sockets close, as when a process dies)
+        victim = nodes[int(kill["node"])]
+        server = nodes[-1]
+        while len(server.metrics) < int(kill.get("round", 0)):
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(float(kill.get("after_s", 0.0)))
+        tasks[int(kill["node"])].cancel()
+        victim.stop_event.set()
+        await victim.close()
+    res = await asyncio.gather(*tasks, return_exceptions=True)
+    return res[-1]
+
+
+def run_inprocess(cfg: dict, kill: dict | None = None) -> list[dict]:
+    """All nodes as asyncio tasks of one process over loopback (tests, notebook)."""
+    for i in range(int(cfg["n_clients"]) + 1):
+        setup_logging(cfg.get("log_dir") and os.path.join(cfg["log_dir"], f"node{i}.log"), i)
+    out = asyncio.run(_run_all(cfg, kill))
+    if isinstance(out, BaseException):
+        raise out
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="Run one FedCod/star node (spawned by experiments.fedcod).")
+    ap.add_argument("--config", required=True, help="federation JSON written by experiments.fedcod")
+    ap.add_argument("--id", type=int, required=True, help="node id: clients 0..N-1, server N")
+    a = ap.parse_args(argv)
+    with open(a.config) as f:
+        cfg = json.load(f)
+    setup_logging(cfg.get("log_dir") and os.path.join(cfg["log_dir"], f"node{a.id}.log"), a.id)
+    try:
+        run_node(cfg, a.id)
+    except Exception:
+        logging.getLogger(f"fedcod.node{a.id}").exception("node %d crashed", a.id)
+        raise
+
+
+if __name__ == "__main__":
+    main()
