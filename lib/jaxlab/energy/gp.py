@@ -19,7 +19,9 @@ Model [paper: Matérn nu = 2.5; the rest is our choice, following systems.md's p
   fused away, or noise); it is floored at ``floor_frac`` x the median positive cost of that kind
   before the log [our choice].
 * Padding: training sets are padded to a power of two (>= 16) with points of variance 1e6 that
-  carry no information, so active learning re-uses a handful of compiled fits.
+  carry no information, so active learning re-uses a handful of compiled fits. The GP algebra
+  runs in float64 inside a local ``jax.enable_x64`` context (float32 Cholesky fails with the
+  padding variance).
 
 Predictions are in natural-log cost space: ``mean_log, var_log`` (latent, without the noise).
 """
@@ -72,6 +74,13 @@ def _gp(params, X, diag):
 
 
 _FIT_CACHE: dict = {}
+
+
+def _x64():
+    """float64 for the GP algebra, locally (the padding variance 1e6 needs it; x64 stays off globally)."""
+    import jax
+
+    return jax.enable_x64(True)
 
 
 def _fit_fn(steps: int, lr: float, ridge: float):
@@ -143,13 +152,12 @@ def fit_gp(kind: str, features: np.ndarray, costs: np.ndarray, *, steps: int = 3
     Xp = np.zeros((m, d)); Xp[:n] = X
     zp = np.zeros(m); zp[:n] = z
     diag = np.full(m, PAD_VARIANCE); diag[:n] = 0.0
-    params = {"log_amp": jnp.asarray(np.log(0.5), jnp.float32), "log_ls": jnp.zeros(d, jnp.float32),
-              "log_noise": jnp.asarray(np.log(0.1), jnp.float32), "b": jnp.asarray(coef[0], jnp.float32),
-              "w": jnp.asarray(coef[1:], jnp.float32)}
     fit = _fit_fn(int(steps), float(lr), float(ridge))
-    p, _ = fit(params, jnp.asarray(Xp, jnp.float32), jnp.asarray(zp, jnp.float32), jnp.asarray(diag, jnp.float32),
-               jnp.asarray(float(n), jnp.float32))
-    p = {k: np.asarray(v) for k, v in p.items()}
+    with _x64():
+        params = {"log_amp": jnp.asarray(np.log(0.5)), "log_ls": jnp.zeros(d, jnp.float64),
+                  "log_noise": jnp.asarray(np.log(0.1)), "b": jnp.asarray(coef[0]), "w": jnp.asarray(coef[1:])}
+        p, _ = fit(params, jnp.asarray(Xp), jnp.asarray(zp), jnp.asarray(diag), jnp.asarray(float(n)))
+        p = {k: np.asarray(v, np.float64) for k, v in p.items()}
     return LayerGP(kind, Xp, zp, diag, x_mu, x_sd, y_mu, y_sd, floor, p, n)
 
 
@@ -182,9 +190,9 @@ def predict_gp(gp: LayerGP, features: np.ndarray) -> tuple[np.ndarray, np.ndarra
     Xt = (np.log(F) - gp.x_mu) / gp.x_sd
     m = _pad_size(len(Xt))  # pad queries too, to re-use compiled predictions
     Xq = np.zeros((m, Xt.shape[1])); Xq[: len(Xt)] = Xt
-    params = {k: jnp.asarray(v) for k, v in gp.params.items()}
-    loc, var = _predict_fn()(params, jnp.asarray(gp.X, jnp.float32), jnp.asarray(gp.z, jnp.float32),
-                             jnp.asarray(gp.diag, jnp.float32), jnp.asarray(Xq, jnp.float32))
+    with _x64():
+        params = {k: jnp.asarray(v) for k, v in gp.params.items()}
+        loc, var = _predict_fn()(params, jnp.asarray(gp.X), jnp.asarray(gp.z), jnp.asarray(gp.diag), jnp.asarray(Xq))
     loc = np.asarray(loc, np.float64)[: len(Xt)]
     var = np.maximum(np.asarray(var, np.float64)[: len(Xt)], 0.0)
     return loc * gp.y_sd + gp.y_mu, var * gp.y_sd ** 2

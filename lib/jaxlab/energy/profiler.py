@@ -263,12 +263,12 @@ def network_train_flops(net: Network) -> float:
 # JSON round trip and keys
 # ---------------------------------------------------------------------------------------------
 def spec_to_json(spec) -> dict:
-    return {"kind": layer_kind(spec), **spec._asdict()}
+    return {"layer": layer_kind(spec), **spec._asdict()}
 
 
 def spec_from_json(d: dict):
     d = dict(d)
-    kind = d.pop("kind")
+    kind = d.pop("layer", None)
     if kind not in _SPEC_OF:
         raise ValueError(f"layer kind {kind!r} in JSON: use one of {LAYER_KINDS}")
     return _SPEC_OF[kind](**d)

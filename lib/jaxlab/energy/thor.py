@@ -142,8 +142,8 @@ def active_learning(pool: Sequence[Network], samples_of: Callable[[int], list], 
     if not (0 < n_init <= n_max <= len(pool)) or step < 1:
         raise ValueError(f"need 0 < n_init={n_init} <= n_max={n_max} <= len(pool)={len(pool)} and step >= 1")
     rng = np.random.default_rng(seed)
-    order = list(rng.permutation(len(pool)))
-    chosen = order[:n_init]
+    order = [int(i) for i in rng.permutation(len(pool))]
+    chosen = _covering_init(pool, order, n_init)
     curve = []
     fit_kw = fit_kw or {}
     while True:
@@ -160,6 +160,22 @@ def active_learning(pool: Sequence[Network], samples_of: Callable[[int], list], 
             scores = np.array([chain_variance(model, pool[i]) for i in rest])
             pick = [rest[j] for j in np.argsort(-scores, kind="stable")[:k]]
         chosen = chosen + pick
+
+
+def _covering_init(pool: Sequence[Network], order: list, n_init: int) -> list:
+    """First ``n_init`` chains of ``order``, preferring ones that bring a layer kind seen < 2 times,
+    so every kind of the pool has a GP from the start [our choice; shared by both strategies]."""
+    counts: dict = {}
+    chosen: list = []
+    kinds_of = {i: ["fixed"] + [p.kind for p in place(Network(pool[i].input_shape, pool[i].layers, pool[i].batch))]
+                for i in order}
+    while len(chosen) < n_init:
+        need = [i for i in order if i not in chosen and any(counts.get(k, 0) < 2 for k in kinds_of[i])]
+        i = need[0] if need else next(i for i in order if i not in chosen)
+        chosen.append(i)
+        for k in kinds_of[i]:
+            counts[k] = counts.get(k, 0) + 1
+    return chosen
 
 
 # ---------------------------------------------------------------------------------------------

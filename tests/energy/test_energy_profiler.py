@@ -1,0 +1,127 @@
+"""Layer specs, shape/FLOP inference, variant steps, subtraction and the profiling DB."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from jaxlab.energy import meters as M
+from jaxlab.energy import profiler as P
+from jaxlab.energy.profiler import LSTM, Act, BatchNorm, Conv, Dense, Network, Pool
+
+
+def test_conv_flops_and_shapes_closed_form():
+    net = Network((12, 12, 3), (Conv(8, 5, 1, "VALID"), Pool(2), Dense(10)), batch=4, num_classes=10)
+    p = P.place(net)
+    assert p[0].out_shape == (8, 8, 8) and p[1].out_shape == (4, 4, 8) and p[2].out_shape == (10,)
+    assert p[0].train_flops == 3 * (2.0 * 4 * 8 * 8 * 8 * 3 * 25 + 4 * 8 * 8 * 8)
+    assert p[2].n_params == 128 * 10 + 10
+    assert p[0].features["pos"] == 1 and p[2].features["pos"] == 2
+    assert P.network_train_flops(net) == pytest.approx(sum(q.train_flops for q in p))
+
+
+@pytest.mark.parametrize("bad, match", [
+    (Network((8, 8, 1), (Conv(4, 9, 1, "VALID"),), 2), "smaller than kernel"),
+    (Network((8,), (Conv(4),), 2), r"\(H, W, C\)"),
+    (Network((8, 8, 1), (Pool(2, "median"),), 2), "max"),
+    (Network((8,), (Dense(5),), 2, 10), "Dense\\(10\\)"),
+    (Network((8,), (Dense(5),), 0), "batch"),
+])
+def test_bad_networks_raise(bad, match):
+    with pytest.raises(ValueError, match=match):
+        P.place(bad)
+
+
+def test_unknown_spec_type_raises():
+    with pytest.raises(TypeError, match="Conv, Dense"):
+        P.place(Network((8,), ("dense",), 2))
+
+
+def test_specnet_matches_placed_shapes_and_param_counts():
+    import jax
+
+    net = Network((10, 10, 2), (Conv(6, 3), BatchNorm(), Act("tanh"), Pool(2, "avg"), Dense(7)), batch=3)
+    placed = P.place(net)
+    module = P.SpecNet(net.layers)
+    x = np.zeros((3, 10, 10, 2), np.float32)
+    v = module.init(jax.random.PRNGKey(0), x)
+    out = module.apply(v, x, mutable=["batch_stats"])[0]
+    assert out.shape == (3, *placed[-1].out_shape)
+    n = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(v["params"]))
+    assert n == sum(p.n_params for p in placed)
+    seq = Network((5, 4), (LSTM(6), Dense(3)), batch=2)
+    vs = P.SpecNet(seq.layers).init(jax.random.PRNGKey(0), np.zeros((2, 5, 4), np.float32))
+    assert sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(vs["params"])) == sum(
+        p.n_params for p in P.place(seq))
+
+
+def test_train_step_matches_numpy_sgd_momentum_for_dense():
+    """One jitted step of a 1-layer readout network vs a float64 numpy re-derivation."""
+    net = Network((4,), (Dense(3),), batch=5)
+    step, state, (x, y) = P.make_train_step(net, lr=0.1, momentum=0.9)
+    params = state[0]
+    W = np.asarray(params["dense0"]["kernel"], np.float64)
+    b = np.asarray(params["dense0"]["bias"], np.float64)
+    xn = np.asarray(x, np.float64)
+    out = xn @ W + b
+    g_out = 2.0 * out / out.size  # d mean(out^2)
+    gW, gb = xn.T @ g_out, g_out.sum(0)
+    (new_params, _, _), loss = step(state, x, y)
+    assert float(loss) == pytest.approx(np.mean(out ** 2), rel=1e-5)
+    np.testing.assert_allclose(np.asarray(new_params["dense0"]["kernel"]), W - 0.1 * gW, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(new_params["dense0"]["bias"]), b - 0.1 * gb, rtol=1e-5, atol=1e-6)
+
+
+def test_subtraction_recovers_device_layer_costs_when_additive():
+    dev = M.DeviceModel(gamma=0.0, noise=0.0)
+    meter = M.simulated_meter(dev)
+    chain = Network((16, 16, 3), (Conv(8, 3), Act(), Pool(2)), batch=8)
+    costs = [P.measure_network(meter, v).joules for v in P.prefixes(chain)]
+    samples = P.chain_samples(chain, costs)
+    assert [s.kind for s in samples] == ["fixed", "conv", "act", "pool"]
+    assert samples[0].cost == pytest.approx(dev.e_fixed)
+    for s, p in zip(samples[1:], P.place(chain)):
+        assert s.cost == pytest.approx(dev.layer_cost(p.cost_record())[0], rel=1e-12)
+    # with interaction, layer 2's subtraction cost absorbs gamma * sqrt(e1 e2)
+    dev_g = dev._replace(gamma=0.5)
+    costs_g = [dev_g.iteration_cost([p.cost_record() for p in P.place(v)]).joules for v in P.prefixes(chain)]
+    e = [dev.layer_cost(p.cost_record())[0] for p in P.place(chain)]
+    assert P.chain_samples(chain, costs_g)[2].cost == pytest.approx(e[1] + 0.5 * math.sqrt(e[0] * e[1]), rel=1e-12)
+    with pytest.raises(ValueError, match="needs 4"):
+        P.chain_samples(chain, costs[:3])
+
+
+def test_profile_db_reuses_measurements_and_tolerates_cut_line(tmp_path):
+    calls = []
+    base = M.simulated_meter(M.DeviceModel(noise=0.1), seed=3)
+    meter = base._replace(simulate=lambda layers: (calls.append(1), base.simulate(layers))[1])
+    path = str(tmp_path / "profile_db.jsonl")
+    db = P.ProfileDB(path)
+    nets = [Network((32,), (Dense(16),), 4), Network((32,), (Dense(16), Act()), 4)]
+    first = [P.measure_network(meter, n, db) for n in nets]
+    assert len(calls) == 2
+    with open(path, "a") as f:
+        f.write('{"key": "cut-by-a-kil')  # a kill mid-write
+    db2 = P.ProfileDB(path)
+    again = [P.measure_network(meter, n, db2) for n in nets]
+    assert len(calls) == 2 and again == first
+    rec = json.loads(open(path).readline())
+    assert P.network_from_json(rec["network"]) == nets[0]
+
+
+def test_json_round_trip_all_kinds():
+    net = Network((6, 6, 2), (Conv(3, 3, 2, "VALID"), BatchNorm(0.8), Act("gelu"), Pool(1, "avg"), Dense(4)), 2, None)
+    assert P.network_from_json(json.loads(json.dumps(P.network_to_json(net)))) == net
+    seq = Network((3, 2), (LSTM(5),), 2)
+    assert P.network_from_json(P.network_to_json(seq)) == seq
+    with pytest.raises(ValueError, match="layer kind"):
+        P.spec_from_json({"layer": "attention"})
+
+
+def test_wallclock_variant_measurement_is_positive_and_cached(tmp_path):
+    db = P.ProfileDB(str(tmp_path / "db.jsonl"))
+    net = Network((8, 8, 1), (Conv(4, 3), Act()), batch=4)
+    m = P.measure_network(M.wallclock_meter(), net, db, windows=3, min_window_s=0.005)
+    assert m.seconds > 0 and math.isnan(m.joules)
+    assert len(db) == 1 and db.records[next(iter(db.records))]["rel_spread"] is not None
