@@ -93,6 +93,9 @@ def _pat(labels, num_clients, num_classes, k, balance, least, rs):
             counts = [int(per)] * (len(chosen) - 1)
         else:
             low = max(per / 10, least / num_classes)
+            if int(low) >= int(per) and len(chosen) > 1:
+                raise ValueError(f"class {c} has only {total} samples for {len(chosen)} clients, too few for an "
+                                 "unbalanced split: use fewer clients or balance=True")
             counts = rs.randint(low, per, len(chosen) - 1).tolist() if len(chosen) > 1 else []
         counts.append(total - sum(counts))
         start = 0

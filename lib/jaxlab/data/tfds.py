@@ -35,11 +35,11 @@ def load_tfds(name: str, data_dir: str | None = None, download: bool = True,
     xs, ys = [], []
     try:
         for split in splits:
-            ds = tfds.as_numpy(tfds.load(tfds_name, split=split, batch_size=-1, data_dir=data_dir,
-                                         download=download, as_supervised=True))
-            x, y = ds
-            xs.append(np.asarray(x))
-            ys.append(np.asarray(y))
+            ds = tfds.load(tfds_name, split=split, data_dir=data_dir, download=download, as_supervised=True)
+            # iterate in chunks: batch_size=-1 materialises through one huge tensor
+            for x, y in tfds.as_numpy(ds.batch(4096)):
+                xs.append(np.asarray(x))
+                ys.append(np.asarray(y))
     except Exception as e:  # tfds raises many kinds; all mean "the data is not here"
         msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         raise RuntimeError(f"could not load tfds dataset {tfds_name!r}: {msg}. This machine may be offline: "
