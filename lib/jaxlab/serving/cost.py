@@ -78,6 +78,9 @@ class CostModel(NamedTuple):
     beta: np.ndarray         # [n_dev, n_dev] bytes / second
     device_names: tuple
     emulated: tuple          # [n_dev] bool
+    seg_fixed: np.ndarray | None = None    # [n_dev] seconds per fused dispatch
+    seg_per_arg: np.ndarray | None = None  # [n_dev] seconds per argument/result buffer
+    seg_scale: np.ndarray | None = None    # [n_dev] fused compute / sum of per-op compute
 
     @property
     def n_devices(self) -> int:
@@ -99,8 +102,19 @@ def edge_cost(cm: CostModel, nbytes: float, src: int, dst: int) -> float:
     return float(cm.alpha[src, dst] + nbytes / cm.beta[src, dst])
 
 
-def segment_time(cm: CostModel, ops: Sequence[int], device: int) -> float:
-    """Seconds for one fused dispatch of ``ops`` on ``device`` (see module docstring)."""
+def segment_time(cm: CostModel, ops: Sequence[int], device: int, n_args: int | None = None) -> float:
+    """Seconds for one fused dispatch of ``ops`` on ``device``.
+
+    With a fusion calibration (``profiler.calibrate_fusion``):
+    ``seg_fixed + seg_per_arg * n_args + seg_scale * sum op_compute`` (a single op keeps its
+    measured time); without: ``dispatch + sum op_compute``. The emulated floor applies on top.
+    """
     ops = list(ops)
-    real = cm.dispatch_s[device] + float(np.sum(cm.op_compute[ops, device]))
+    compute = float(np.sum(cm.op_compute[ops, device]))
+    if len(ops) == 1:
+        real = cm.dispatch_s[device] + compute   # the op's own measured time
+    elif cm.seg_fixed is not None and n_args is not None:
+        real = cm.seg_fixed[device] + cm.seg_per_arg[device] * n_args + cm.seg_scale[device] * compute
+    else:
+        real = cm.dispatch_s[device] + compute
     return float(max(real, np.sum(cm.floor[ops, device])))

@@ -395,6 +395,7 @@ def _argmax(b, node, ins, outs, at):
 # ----- recurrent nodes ----------------------------------------------------------------------
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+_SCAN_UNROLL = [1]
 _DEFAULT_ACTS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
 
 
@@ -531,11 +532,15 @@ def _rnn_node(b, node, ins, outs, at):
                 names.append("c"); vals.append(c_prev or c0)
             if seq:
                 names.append("seq"); vals.append(seq)
-            fn = _make_cell_fn(step, tuple(names), t, d, x_mode, h_mode, c_mode, B, H, kind)
+            if x_mode == "full" or seq:
+                # The step index is an argument, not a closure constant, so every step of a layer
+                # shares one executable (and one profile entry) honestly.
+                names.append("t"); vals.append(b.const(f"{base}/step{t}", np.array(t, np.int32)))
+            fn = _make_cell_fn(step, tuple(names), d, x_mode, h_mode, c_mode, B, H, kind)
             tag = f"{base}/d{d}/t{t}"
             o_names = [f"{tag}/h", f"{tag}/y"] + ([f"{tag}/c"] if kind == "LSTM" else [])
             b.emit(f"{kind}Cell", vals, o_names, fn,
-                   (tuple(names), x_mode, h_mode, c_mode, bool(seq), tuple(p["acts"]), p["clip"],
+                   (tuple(names), d, x_mode, h_mode, c_mode, bool(seq), tuple(p["acts"]), p["clip"],
                     p["input_forget"], p["lbr"]), flops_step, group=f"{base}/d{d}", heavy=True)
             h_prev = o_names[0]
             c_prev = o_names[2] if kind == "LSTM" else None
@@ -562,11 +567,14 @@ def _rnn_node(b, node, ins, outs, at):
         b.emit("Stack", last_c, [out_c], lambda *a: (_jnp().stack(a, axis=0),), ())
 
 
-def _make_cell_fn(step, names, t, d, x_mode, h_mode, c_mode, B, H, kind):
+def _make_cell_fn(step, names, d, x_mode, h_mode, c_mode, B, H, kind):
     def fn(*args):
         jnp = _jnp()
         a = dict(zip(names, args))
-        x = a["x"][t] if x_mode == "full" else a["x"].reshape(a["x"].shape[1:])
+        if x_mode == "full":
+            x = _jax().lax.dynamic_index_in_dim(a["x"], a["t"], axis=0, keepdims=False)
+        else:
+            x = a["x"].reshape(a["x"].shape[1:])
         dt = x.dtype
         if h_mode == "zero":
             h = jnp.zeros((B, H), dt)
@@ -585,7 +593,7 @@ def _make_cell_fn(step, names, t, d, x_mode, h_mode, c_mode, B, H, kind):
         xw = x @ a["W"] + a["bW"]
         h_new, c_new = step(xw, h, c, a["R"], a["bR"], a.get("P"))
         if "seq" in a:
-            m = (t < a["seq"].astype(jnp.int32))[:, None]
+            m = (a["t"] < a["seq"].astype(jnp.int32))[:, None]
             h_new = jnp.where(m, h_new, h)
             c_new = jnp.where(m, c_new, c)
             y = jnp.where(m, h_new, 0.0)
@@ -639,7 +647,7 @@ def _rnn_scan(b, p, X, consts, seq, h0, c0, out_y, out_h, out_c, dims, flops_ste
                 else:
                     y = hn
                 return (hn, cn), y
-            (h, c), y = jax.lax.scan(body, (h, c), (xw, tidx), reverse=reverse)
+            (h, c), y = jax.lax.scan(body, (h, c), (xw, tidx), reverse=reverse, unroll=_SCAN_UNROLL[0])
             ys.append(y); hs.append(h); cs.append(c)
         return (jnp.stack(ys, axis=1), jnp.stack(hs, 0), jnp.stack(cs, 0))
     tmp = [out_y or b.fresh(f"{base}/Y"), out_h or b.fresh(f"{base}/Y_h"), out_c or b.fresh(f"{base}/Y_c")]

@@ -1,0 +1,169 @@
+"""ONNX import: parity with ONNX Runtime, per-timestep expansion, clear errors."""
+
+import io
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from jaxlab.serving.graph import evaluate, fuse_light_chains, op_preds
+from jaxlab.serving.onnx_import import (UnsupportedOperatorError, compile_single_device, import_onnx,
+                                        make_rnn_model, make_seq2seq_model, run_onnxruntime)
+
+TOL = 1e-5
+
+
+def _inputs(cell, T=5, B=3, I=6, H=7, layers=2, D=1, seq=False, init=False, seed=0):
+    rng = np.random.default_rng(seed)
+    inp = {"x": rng.normal(size=(T, B, I)).astype(np.float32)}
+    if seq:
+        inp["seq_lens"] = np.array([T, 2, 1][:B], np.int32)
+    if init:
+        inp["h0"] = rng.normal(size=(layers * D, B, H)).astype(np.float32)
+        if cell == "LSTM":
+            inp["c0"] = rng.normal(size=(layers * D, B, H)).astype(np.float32)
+    return inp
+
+
+def _check(model, inp):
+    ref = run_onnxruntime(model, inp)
+    # Unrolled per-step cells (coarsened as the partitioner sees them) and the lax.scan form.
+    for expand in (True, False):
+        g = import_onnx(model, expand_rnn=expand)
+        out = evaluate(fuse_light_chains(g) if expand else g, inp)
+        for k in ref:
+            np.testing.assert_allclose(out[k], ref[k], atol=TOL, rtol=TOL, err_msg=f"{k} expand={expand}")
+    return ref
+
+
+CASES = [
+    dict(cell="LSTM", bidirectional=False),
+    dict(cell="LSTM", bidirectional=True),
+    dict(cell="LSTM", direction="reverse"),
+    dict(cell="LSTM", bidirectional=True, with_seq_lens=True, with_initial_state=True),
+    dict(cell="GRU", bidirectional=True),
+    dict(cell="GRU", with_seq_lens=True, with_initial_state=True, direction="reverse"),
+    dict(cell="RNN", bidirectional=True, with_seq_lens=True),
+    dict(cell="RNN", with_initial_state=True),
+]
+
+
+@pytest.mark.parametrize("kw", CASES, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
+def test_stacked_rnn_parity_with_onnxruntime(kw):
+    model = make_rnn_model(input_size=6, hidden=7, layers=2, seq_len=5, batch=3, num_classes=4, **kw)
+    D = 2 if kw.get("bidirectional") else 1
+    _check(model, _inputs(kw["cell"], D=D, seq=kw.get("with_seq_lens", False), init=kw.get("with_initial_state", False)))
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_seq2seq_encoder_decoder_parity(cell):
+    model = make_seq2seq_model(cell, vocab=11, embed=6, hidden=8, src_len=5, tgt_len=4, batch=2)
+    rng = np.random.default_rng(1)
+    inp = {"src": rng.integers(0, 11, (5, 2)).astype(np.int64), "tgt": rng.integers(0, 11, (4, 2)).astype(np.int64)}
+    ref = _check(model, inp)
+    assert ref["logp"].shape == (4, 2, 11)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_torch_exported_bidirectional_model(cell):
+    torch = pytest.importorskip("torch", reason="torch (interop extra) is needed for torch.onnx.export")
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = getattr(torch.nn, cell)(6, 9, num_layers=2, bidirectional=True)
+            self.fc = torch.nn.Linear(18, 3)
+
+        def forward(self, x):
+            y, _ = self.rnn(x)
+            return torch.softmax(self.fc(y[-1]), -1)
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    x = torch.randn(5, 2, 6)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # Legacy (TorchScript) exporter: the dynamo exporter needs onnxscript, not installed here.
+        torch.onnx.export(net, (x,), buf, dynamo=False, input_names=["x"], output_names=["p"], opset_version=17)
+    model = onnx.load_from_string(buf.getvalue())
+    assert cell in [n.op_type for n in model.graph.node]
+    ref = _check(model, {"x": x.numpy()})
+    np.testing.assert_allclose(ref["p"], net(x).detach().numpy(), atol=1e-5)
+
+
+def test_expansion_exposes_layer_time_wavefront():
+    T, L = 4, 3
+    model = make_rnn_model("LSTM", input_size=5, hidden=6, layers=L, bidirectional=True, seq_len=T, batch=2)
+    g = fuse_light_chains(import_onnx(model))
+    cells = [i for i, op in enumerate(g.ops) if "LSTMCell" in op.kind]
+    assert len(cells) == L * 2 * T
+    # Transitive predecessors of layer 1, forward step 0 must not include all of layer 0:
+    # it needs layer 0's step 0 in both directions, i.e. the forward step 0 and all backward steps.
+    preds = op_preds(g)
+    target = next(i for i, op in enumerate(g.ops) if op.group == "lstm_1/d0" and "lstm_1/d0/t0/h" in op.outputs)
+    anc, stack = set(), [target]
+    while stack:
+        for p in preds[stack.pop()]:
+            if p not in anc:
+                anc.add(p); stack.append(p)
+    layer0_fwd = [i for i in anc if g.ops[i].group == "lstm_0/d0" and g.ops[i].heavy]
+    assert len(layer0_fwd) == 1, "layer 1 step 0 should wait only for layer 0 forward step 0"
+
+
+def test_compiled_single_device_scan_matches_onnxruntime():
+    model = make_rnn_model("GRU", input_size=6, hidden=7, layers=2, bidirectional=True, seq_len=5, batch=3,
+                           with_seq_lens=True)
+    inp = _inputs("GRU", D=2, seq=True)
+    ref = run_onnxruntime(model, inp)
+    f = compile_single_device(import_onnx(model, expand_rnn=False))
+    out = f(inp)
+    for k in ref:
+        np.testing.assert_allclose(np.asarray(out[k]), ref[k], atol=TOL, rtol=TOL)
+
+
+def _tiny(nodes, inits=(), inputs=None, outputs=None):
+    inputs = inputs or [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])]
+    outputs = outputs or [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])]
+    m = helper.make_model(helper.make_graph(nodes, "t", inputs, outputs, list(inits)),
+                          opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_unsupported_operator_names_node_and_type():
+    m = _tiny([helper.make_node("Erf", ["x"], ["y"], name="my_erf")])
+    with pytest.raises(UnsupportedOperatorError, match=r"my_erf.*'Erf'"):
+        import_onnx(m)
+
+
+def test_malformed_model_raises_value_error():
+    m = _tiny([helper.make_node("Relu", ["nope"], ["y"], name="bad_relu")])
+    with pytest.raises(ValueError, match="malformed|nope"):
+        import_onnx(m)
+    with pytest.raises(TypeError, match="onnx.ModelProto"):
+        import_onnx(42)
+
+
+def test_symbolic_shape_needs_input_shapes():
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])]
+    m = _tiny([helper.make_node("Tanh", ["x"], ["y"], name="t")], inputs=inputs, outputs=outputs)
+    with pytest.raises(ValueError, match="input_shapes"):
+        import_onnx(m)
+    g = import_onnx(m, input_shapes={"x": (4, 3)})
+    x = np.linspace(-2, 2, 12, dtype=np.float32).reshape(4, 3)
+    np.testing.assert_allclose(evaluate(g, {"x": x})["y"], np.tanh(x.astype(np.float64)), atol=1e-6)
+
+
+def test_rnn_with_runtime_weights_is_rejected():
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 1, 2]),
+              helper.make_tensor_value_info("W", TensorProto.FLOAT, [1, 4, 2]),
+              helper.make_tensor_value_info("R", TensorProto.FLOAT, [1, 4, 1])]
+    outputs = [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [3, 1, 1, 1])]
+    m = _tiny([helper.make_node("LSTM", ["x", "W", "R"], ["Y"], hidden_size=1, name="lstm_dyn")],
+              inputs=inputs, outputs=outputs)
+    with pytest.raises(UnsupportedOperatorError, match="lstm_dyn.*W"):
+        import_onnx(m)
