@@ -17,13 +17,13 @@ are labelled ``network = "loopback-tokenbucket"``.
 Cleanup: every namespace name carries the creating pid; :meth:`NetnsNetwork.close` runs on normal
 exit, ``atexit``, SIGINT/SIGTERM, and :func:`cleanup_stale` removes namespaces left by a crashed
 run whose pid is gone. Child processes get ``PR_SET_PDEATHSIG = SIGKILL`` so they die with the
-harness, and each runs in its own session so it can be killed by process group.
+harness (set by the node itself at start-up, since the harness may be multithreaded), and each
+runs in its own session so it can be killed by process group.
 """
 
 from __future__ import annotations
 
 import atexit
-import ctypes
 import json
 import os
 import re
@@ -162,15 +162,6 @@ def federation_config(n_clients: int, mode: str, links: dict, task: dict, *, rou
             "log_dir": log_dir, "out": out}
 
 
-def _pdeathsig():
-    """In the child: die with the parent (SIGKILL), and lead a fresh process group."""
-    os.setsid()
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 class NetnsNetwork:
     """Creates the namespaces, veths, bridge and htb shaping; tears everything down on close."""
 
@@ -267,7 +258,7 @@ class NetnsNetwork:
         return out
 
     def popen(self, i: int, argv: list[str], **kw) -> subprocess.Popen:
-        return subprocess.Popen(["ip", "netns", "exec", self.ns[i], *argv], preexec_fn=_pdeathsig, **kw)
+        return subprocess.Popen(["ip", "netns", "exec", self.ns[i], *argv], start_new_session=True, **kw)
 
     def close(self) -> None:
         if self._closed:
@@ -324,7 +315,8 @@ def spawn_federation(cfg: dict, run_dir: str, backend: str = "netns", events: li
     env["PYTHONPATH"] = lib + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
-    argv = lambda i: [sys.executable, "-m", "jaxlab.fl.comm.node", "--config", cfg_path, "--id", str(i)]
+    argv = lambda i: [sys.executable, "-m", "jaxlab.fl.comm.node", "--config", cfg_path, "--id", str(i),
+                      "--parent", str(os.getpid())]
     procs: list[subprocess.Popen] = []
     net = None
     bytes_kernel = None
@@ -347,7 +339,7 @@ def spawn_federation(cfg: dict, run_dir: str, backend: str = "netns", events: li
                 procs.append(net.popen(i, argv(i), env=env, stdout=log, stderr=subprocess.STDOUT))
             else:
                 procs.append(subprocess.Popen(argv(i), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                              preexec_fn=_pdeathsig))
+                                              start_new_session=True))
         stop = threading.Event()
         if net is not None and cfg.get("trace"):
             def play():

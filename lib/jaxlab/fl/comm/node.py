@@ -33,7 +33,9 @@ A round (FedAvg, server holds a flat float32 vector ``g``):
    disconnects, or ``upload_timeout_s`` passes after the first TRAIN_DONE, the server shrinks the
    set to the largest ``E'`` that ``k`` indices can cover (greedy: drop the client missing from most
    indices), announces it (DROP) and relays re-aggregate from the per-client blocks they kept;
-   the mean is renormalised over ``E'``. If even that fails by the next deadline the round is
+   the mean is renormalised over ``E'``. If the blocks exist but are stuck behind dead server
+   links (small ``r``), the server also asks for fresh parity indices (REPAIR, gossiped among
+   clients) aggregated by relays whose server link delivered this round. If even that fails by the next deadline the round is
    skipped (zero update) and logged. Clients that did not ACK a round's download leave the
    federation (their replica would be stale).
 
@@ -370,6 +372,8 @@ class ClientRound:
         self.t_dl_done: float | None = None
         self.t_train = (0.0, 0.0)
         self.n_clipped = 0
+        self.src: np.ndarray | None = None
+        self.repairs: list[dict] = []
 
     def finish(self) -> None:
         self.done = True
@@ -511,6 +515,16 @@ class ClientNode(Node):
         elif fr.type == T.ROUND_END:
             if fr.sender == self.server_id:
                 st.finish()
+        elif fr.type == T.REPAIR:
+            # gossiped to the peers once: a client whose server link died still hears of it
+            if any(r["indices"] == fr.meta["indices"] for r in st.repairs):
+                return
+            st.repairs.append(dict(fr.meta))
+            for pid, p in self.peers.items():
+                if pid not in (self.server_id, fr.sender):
+                    p.send(Frame(T.REPAIR, st.rnd, meta=dict(fr.meta)))
+            if st.src is not None:
+                self._send_repair(st, fr.meta)
         else:
             self.dropped_frames["unexpected"] += 1
             self.log.warning("unexpected %s frame from %d; dropped", fr.type.name, fr.sender)
@@ -567,13 +581,29 @@ class ClientNode(Node):
     def _upload(self, st: ClientRound, update: np.ndarray) -> None:
         m = st.meta
         q, st.n_clipped = field.quantize(update, float(m["scale"]), float(m["clip"]), float(m["weights"][str(self.id)]))
-        src = coding.split(q, self.k)
+        src = st.src = coding.split(q, self.k)
         n_blocks = self.k + int(m["r"])
         E = sorted(m["E"])
         blocks = coding.mds_encode(src, np.arange(n_blocks))
         for i in range(n_blocks):
             relay = self.server_id if m["relay"] == "server" else E[i % len(E)]
             fr = Frame(T.UP_BLOCK, st.rnd, i, sender=self.id, clients=frozenset({self.id}), payload=blocks[i])
+            if relay == self.id:
+                self._relay_add(st, fr)
+            elif relay not in self.dead:
+                st.up_queue[relay].append(fr)
+        for rep in st.repairs:
+            self._send_repair(st, rep)
+        self.wake_all()
+
+    def _send_repair(self, st: ClientRound, meta: dict) -> None:
+        """Extra MDS indices requested by the server, each to a relay whose server link works."""
+        idx = [int(i) for i in meta["indices"]]
+        relays = [int(r) for r in meta["relays"]]
+        blocks = coding.mds_encode(st.src, idx)
+        for t, i in enumerate(idx):
+            relay = relays[t % len(relays)]
+            fr = Frame(T.UP_BLOCK, st.rnd, i, sender=self.id, clients=frozenset({self.id}), payload=blocks[t])
             if relay == self.id:
                 self._relay_add(st, fr)
             elif relay not in self.dead:
@@ -609,6 +639,9 @@ class ServerRound:
         self.t_end: float | None = None
         self.drops: list[dict] = []
         self.deadline: float | None = None
+        self.agg_from: set[int] = set()
+        self.n_repair = 0
+        self.r_used = 0
 
 
 def shrink_client_set(E: set[int], status: dict[int, frozenset], k: int) -> set[int]:
@@ -695,6 +728,7 @@ class ServerNode(Node):
         elif fr.type == T.AGG_BLOCK:
             if fr.payload.size != self.L:
                 raise ValueError(f"AGG_BLOCK payload {fr.payload.size} symbols, expected {self.L}")
+            rs.agg_from.add(fr.sender)
             self._accept_agg(rs, fr.index, fr.clients, fr.payload)
         else:
             self.dropped_frames["unexpected"] += 1
@@ -711,10 +745,11 @@ class ServerNode(Node):
             rs.t_end = time.monotonic()
             rs.event.set()
 
-    def _shrink(self, rs: ServerRound, reason: str) -> bool:
-        status = dict(rs.status)
-        new = shrink_client_set(rs.E - self.dead, status, self.k)
-        if new == rs.E:
+    def _shrink(self, rs: ServerRound, reason: str, greedy: bool = True) -> bool:
+        new = rs.E - self.dead
+        if greedy:
+            new = shrink_client_set(new, dict(rs.status), self.k)
+        if not new or new == rs.E:
             return False
         self.log.warning("round %d: %s; client set %s -> %s", rs.rnd, reason, sorted(rs.E), sorted(new))
         rs.drops.append({"t": time.monotonic() - rs.t_start, "reason": reason, "E": sorted(new)})
@@ -730,6 +765,22 @@ class ServerNode(Node):
                 self._accept_agg(rs, i, e, agg)
         return True
 
+    def _repair(self, rs: ServerRound) -> None:
+        """Asks every client for fresh parity indices, aggregated by relays whose server link has
+        delivered this round (when r was too small for the relays that went silent)."""
+        relays = sorted(c for c in rs.agg_from if c in rs.E and c not in self.dead)
+        if self.cfg["mode"] != "fedcod" or not relays:
+            return
+        need = self.k - len(rs.agg) + 1
+        first = self.k + rs.r_used + 1000 * (rs.n_repair + 1)  # indices never used before this round
+        idx = list(range(first, first + need))
+        rs.n_repair += 1
+        self.log.warning("round %d: repair: %d extra parity indices via relays %s", rs.rnd, need, relays)
+        rs.drops.append({"t": time.monotonic() - rs.t_start, "reason": "repair", "indices": idx, "relays": relays})
+        for c in rs.E0:
+            if c not in self.dead:
+                self.peers[c].send(Frame(T.REPAIR, rs.rnd, meta={"indices": idx, "relays": relays}))
+
     async def run_round(self, rnd: int, payload: np.ndarray, mult: float, members: list[int]) -> dict:
         to = self.cfg.get("timeouts", {})
         up_to = float(to.get("upload_s", 30.0))
@@ -742,6 +793,7 @@ class ServerNode(Node):
         fedcod = self.cfg["mode"] == "fedcod"
         r_up = self.red.r if fedcod else 0
         rs = ServerRound(rnd, E, coding.split(payload, self.k), relay_local=not fedcod)
+        rs.r_used = int(r_up)
         cpu0 = time.process_time()
         self.rs = rs
         meta = {"E": E, "weights": weights, "scale": scale, "clip": clip, "r": int(r_up),
@@ -760,7 +812,7 @@ class ServerNode(Node):
             rs.event.clear()
             if rs.shrink_now:
                 rs.shrink_now = False
-                self._shrink(rs, "client disconnected")
+                self._shrink(rs, "client disconnected", greedy=False)
                 rs.deadline = time.monotonic() + up_to
                 continue
             if now >= dl:
@@ -769,6 +821,7 @@ class ServerNode(Node):
                                    "by the deadline; skipping its update", rnd, self.k)
                     break
                 changed = self._shrink(rs, f"upload timeout ({up_to:.3g} s)")
+                self._repair(rs)
                 extended = True
                 rs.deadline = time.monotonic() + up_to
                 if not changed:
@@ -869,7 +922,7 @@ def _sha(v: np.ndarray) -> str:
 
 
 def setup_logging(path: str | None, node_id: int) -> None:
-    h = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
+    h = logging.FileHandler(path, mode="w") if path else logging.StreamHandler(sys.stderr)
     h.setFormatter(logging.Formatter(f"%(asctime)s node{node_id} %(levelname)s %(message)s"))
     lg = logging.getLogger(f"fedcod.node{node_id}")
     lg.handlers[:] = [h]
@@ -916,11 +969,27 @@ def run_inprocess(cfg: dict, kill: dict | None = None) -> list[dict]:
     return out
 
 
+def _die_with_parent(parent: int) -> None:
+    """PR_SET_PDEATHSIG(SIGKILL), set here rather than in a fork hook (the harness may be threaded)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    except OSError:
+        pass
+    if os.getppid() != parent:  # the harness died before prctl took effect
+        os._exit(1)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Run one FedCod/star node (spawned by experiments.fedcod).")
     ap.add_argument("--config", required=True, help="federation JSON written by experiments.fedcod")
     ap.add_argument("--id", type=int, required=True, help="node id: clients 0..N-1, server N")
+    ap.add_argument("--parent", type=int, default=0, help="harness pid: exit when it dies")
     a = ap.parse_args(argv)
+    if a.parent:
+        _die_with_parent(a.parent)
     with open(a.config) as f:
         cfg = json.load(f)
     setup_logging(cfg.get("log_dir") and os.path.join(cfg["log_dir"], f"node{a.id}.log"), a.id)

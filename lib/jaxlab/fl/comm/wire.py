@@ -64,6 +64,7 @@ class FrameType(enum.IntEnum):
     STATS = 11         # client -> server: timings, CPU seconds, bytes (meta)
     SHUTDOWN = 12      # server -> clients: exit
     TRAIN_DONE = 13    # client -> server: local training finished (meta)
+    REPAIR = 14        # server -> clients: encode extra MDS indices for these relays (meta)
 
 
 _KNOWN_TYPES = frozenset(int(t) for t in FrameType)
