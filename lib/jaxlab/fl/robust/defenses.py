@@ -1,0 +1,498 @@
+"""Byzantine-robust aggregation rules as pure functions on a stacked update matrix.
+
+Conventions (one set, used by every rule, attack and experiment in :mod:`jaxlab.fl.robust`):
+
+* **Sign.** A client update is the pseudo-gradient ``g_i = w_t - w_i^local`` and the server steps
+  ``w_{t+1} = w_t - eta_g * AGR(G)`` (SkyMask ``main.py``'s convention). ``updates`` is ``[n, d]``
+  float32, one flattened update per row (see :mod:`jaxlab.fl.robust.flat`).
+* **Attacker count.** ``f`` is the number of Byzantine clients *the defense assumes*. Attackers
+  *replace* f of the n rows (they never add rows: SkyMask's repo prepends f rows, which makes the
+  real fraction f/(n+f); we do not reproduce that). A rule refuses an ``f`` beyond its breakdown
+  point with a ``ValueError`` (e.g. median needs ``2f < n``); experiments with more attackers than
+  that run the rule at its largest admissible ``f`` and say so.
+* **Krum neighbours.** ``s_i`` sums the squared distances to the ``n - f - 2`` nearest *other*
+  updates (Blanchard et al. 2017; the zero self-distance is not counted). Krum and Multi-Krum need
+  ``n > 2f + 2``; Bulyan needs ``n >= 4f + 3``.
+* **Weights.** ``weights [n]`` (e.g. train-set sizes) enter FedAvg's mean, the geometric median's
+  alphas and the final means of the selection rules only where stated; the other rules follow their
+  papers and ignore them.
+* **Pairwise distances** come from one Gram matrix ``|g_i|^2 + |g_j|^2 - 2 g_i.g_j``.
+* **Non-finite rows.** Called eagerly on concrete arrays, every rule raises ``ValueError`` naming
+  the rows with NaN/inf. Inside ``jit`` (the FL loop) it cannot raise, so [our choice] such a row
+  is replaced by zeros (a "no change" vote), its weight set to 0, and the client is reported as
+  *flagged* in ``AggOut.benign``; a NaN never reaches the aggregate.
+
+Every rule returns ``AggOut(update [d], benign [n] bool)``: ``benign`` marks the clients whose
+updates the rule kept (Krum's pick, Multi-Krum's/Bulyan's/DnC's/FLAME's selection, FLTrust's and
+FoolsGold's non-zero weights). Rules that do not select clients (mean, median, trimmed mean,
+geometric median, centered clipping) report all True and have ``Aggregator.selects = False``;
+detection FPR/FNR is then "n/a".
+
+The uniform record :class:`Aggregator` (``init``, ``apply``) wraps every rule with its state and
+context so that the FL wrapper treats all of them alike; see :func:`make_aggregator`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+__all__ = ["AggOut", "Aggregator", "DEFENSES", "make_aggregator", "max_admissible_f", "check_updates",
+           "pairwise_sq_dists", "krum_scores", "fedavg_mean", "krum", "multi_krum", "bulyan", "coordinate_median",
+           "trimmed_mean", "geometric_median", "centered_clipping", "fltrust", "flame", "foolsgold", "dnc"]
+
+
+class AggOut(NamedTuple):
+    update: jax.Array  # [d] the aggregate pseudo-gradient
+    benign: jax.Array  # [n] bool, clients kept by the rule
+
+
+# ----------------------------------------------------------------------------------------------
+# input checks
+# ----------------------------------------------------------------------------------------------
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_updates(updates, weights=None, name: str = "aggregate"):
+    """Validates ``updates [n, d]`` and ``weights [n]``; returns ``(updates, weights, finite [n])``.
+
+    Raises ``TypeError``/``ValueError`` for a wrong rank, mismatched shapes, or (eagerly) rows that
+    hold NaN/inf. Under ``jit`` non-finite rows are zeroed and returned as ``finite=False``.
+    """
+    if not hasattr(updates, "shape"):
+        updates = jnp.asarray(updates)
+    if updates.ndim != 2:
+        raise ValueError(f"{name}: updates must be a stacked matrix [n_clients, n_params], got shape {updates.shape}; "
+                         "flatten each update with jaxlab.fl.robust.flat.flattener and stack them")
+    if not jnp.issubdtype(updates.dtype, jnp.floating):
+        raise TypeError(f"{name}: updates must be floating point, got {updates.dtype}")
+    n = updates.shape[0]
+    if n < 1:
+        raise ValueError(f"{name}: got 0 client updates")
+    if weights is None:
+        weights = jnp.full((n,), 1.0 / n, jnp.float32)
+    if not hasattr(weights, "shape"):
+        weights = jnp.asarray(weights, jnp.float32)
+    if weights.shape != (n,):
+        raise ValueError(f"{name}: weights has shape {weights.shape} but updates has {n} rows; pass one weight per client")
+    if _is_concrete(updates):
+        bad = ~np.isfinite(np.asarray(updates)).all(axis=1)
+        if bad.any():
+            rows = np.flatnonzero(bad).tolist()
+            raise ValueError(f"{name}: update rows {rows[:20]} contain NaN or inf; drop those clients before "
+                             "aggregating (inside jit they are zeroed and reported as flagged)")
+        return jnp.asarray(updates), jnp.asarray(weights, jnp.float32), jnp.ones((n,), bool)
+    finite = jnp.all(jnp.isfinite(updates), axis=1)
+    updates = jnp.where(finite[:, None], updates, 0.0)
+    weights = jnp.where(finite, weights, 0.0)
+    return updates, weights, finite
+
+
+def _check_f(f, n: int, name: str, need: str):
+    if not isinstance(f, (int, np.integer)) or isinstance(f, bool):
+        raise TypeError(f"{name}: f (assumed number of attackers) must be an int, got {type(f).__name__}")
+    if f < 0:
+        raise ValueError(f"{name}: f={f} must be >= 0")
+    ok = {"2f<n": 2 * f < n, "2f+2<n": 2 * f + 2 < n, "4f+3<=n": 4 * f + 3 <= n, "f<n": f < n}[need]
+    if not ok:
+        raise ValueError(f"{name}: f={f} attackers among n={n} clients violates {need.replace('<=', ' <= ')}; "
+                         f"the rule has no guarantee there. Use f <= {max_admissible_f(name, n)} or more clients")
+
+
+_NEED = {"krum": "2f+2<n", "multikrum": "2f+2<n", "bulyan": "4f+3<=n", "median": "2f<n", "trimmed_mean": "2f<n",
+         "dnc": "f<n", "fang": "f<n"}
+
+
+def max_admissible_f(rule: str, n: int) -> int:
+    """Largest ``f`` a rule accepts for ``n`` clients (rules without an f return n - 1)."""
+    need = _NEED.get(rule)
+    if need == "2f+2<n":
+        return max(0, (n - 3) // 2)
+    if need == "4f+3<=n":
+        return max(0, (n - 3) // 4)
+    if need == "2f<n":
+        return max(0, (n - 1) // 2)
+    return n - 1
+
+
+# ----------------------------------------------------------------------------------------------
+# shared pieces
+# ----------------------------------------------------------------------------------------------
+
+def pairwise_sq_dists(updates):
+    """``[n, n]`` squared Euclidean distances from one Gram matrix (diagonal exactly 0)."""
+    g = updates.astype(jnp.float32)
+    sq = jnp.sum(g * g, axis=1)
+    gram = g @ g.T
+    d = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * gram, 0.0)
+    return d * (1.0 - jnp.eye(d.shape[0], dtype=d.dtype))
+
+
+def krum_scores(dists, k, valid=None):
+    """``s_i`` = sum of the ``k`` smallest distances from row i to the *other* valid rows.
+
+    ``dists [n, n]``; ``k`` may be traced; ``valid [n]`` bool excludes rows from both sides
+    (invalid rows score +inf)."""
+    n = dists.shape[0]
+    valid = jnp.ones((n,), bool) if valid is None else valid
+    other = valid[None, :] & ~jnp.eye(n, dtype=bool)
+    srt = jnp.sort(jnp.where(other, dists, jnp.inf), axis=1)
+    csum = jnp.cumsum(jnp.where(jnp.isfinite(srt), srt, 0.0), axis=1)
+    k = jnp.clip(jnp.asarray(k, jnp.int32), 1, n - 1)
+    s = jnp.take(csum, k - 1, axis=1)
+    return jnp.where(valid, s, jnp.inf)
+
+
+def _mean_of(updates, keep, weights=None):
+    w = keep.astype(jnp.float32) if weights is None else keep * weights
+    tot = w.sum()
+    return jnp.where(tot > 0, (w @ updates) / jnp.maximum(tot, 1e-30), jnp.zeros(updates.shape[1], updates.dtype))
+
+
+# ----------------------------------------------------------------------------------------------
+# the rules
+# ----------------------------------------------------------------------------------------------
+
+def fedavg_mean(updates, weights=None, key=None) -> AggOut:
+    """``sum_i w_i g_i / sum_i w_i`` (FedAvg; uniform weights when ``weights`` is None)."""
+    del key
+    g, w, finite = check_updates(updates, weights, "fedavg")
+    return AggOut(_mean_of(g, finite, w), finite)
+
+
+def krum(updates, weights=None, key=None, *, f: int) -> AggOut:
+    """Krum (Blanchard et al. 2017): the update with the smallest sum of squared distances to its
+    ``n - f - 2`` nearest other updates. Needs ``n > 2f + 2``."""
+    del key
+    g, _, finite = check_updates(updates, weights, "krum")
+    n = g.shape[0]
+    _check_f(f, n, "krum", "2f+2<n")
+    s = krum_scores(pairwise_sq_dists(g), n - f - 2, finite)
+    i = jnp.argmin(s)
+    return AggOut(g[i], jnp.arange(n) == i)
+
+
+def multi_krum(updates, weights=None, key=None, *, f: int, m: int | None = None) -> AggOut:
+    """Multi-Krum: the plain mean of the ``m`` updates with the lowest Krum scores (scores computed
+    once, ByzFL's form; default ``m = n - f``). Needs ``n > 2f + 2``."""
+    del key
+    g, _, finite = check_updates(updates, weights, "multikrum")
+    n = g.shape[0]
+    _check_f(f, n, "multikrum", "2f+2<n")
+    m = n - f if m is None else int(m)
+    if not 1 <= m <= n:
+        raise ValueError(f"multikrum: m={m} must be in [1, n={n}]")
+    s = krum_scores(pairwise_sq_dists(g), n - f - 2, finite)
+    rank = jnp.argsort(jnp.argsort(s))
+    keep = (rank < m) & finite
+    return AggOut(_mean_of(g, keep), keep)
+
+
+def _iterated_krum(dists, finite, f: int, theta: int):
+    """Bulyan's selection: Krum ``theta`` times, each on the rows not yet chosen (``k`` shrinks
+    with the remaining set: ``n_rem - f - 2``, at least 1)."""
+    n = dists.shape[0]
+
+    def body(_, carry):
+        remaining, chosen = carry
+        k = jnp.maximum(remaining.sum() - f - 2, 1)
+        i = jnp.argmin(krum_scores(dists, k, remaining))
+        return remaining.at[i].set(False), chosen.at[i].set(True)
+
+    _, chosen = lax.fori_loop(0, theta, body, (finite, jnp.zeros((n,), bool)))
+    return chosen
+
+
+def bulyan(updates, weights=None, key=None, *, f: int) -> AggOut:
+    """Bulyan (El Mhamdi et al. 2018): select ``theta = n - 2f`` updates by iterated Krum, then per
+    coordinate average the ``beta = theta - 2f`` selected values closest to their median.
+    Needs ``n >= 4f + 3``."""
+    del key
+    g, _, finite = check_updates(updates, weights, "bulyan")
+    n = g.shape[0]
+    _check_f(f, n, "bulyan", "4f+3<=n")
+    theta, beta = n - 2 * f, n - 4 * f
+    chosen = _iterated_krum(pairwise_sq_dists(g), finite, f, theta)
+    idx = jnp.argsort(~chosen)[:theta]           # indices of the chosen rows (stable)
+    sel = g[idx]                                 # [theta, d]
+    med = jnp.median(sel, axis=0)
+    order = jnp.argsort(jnp.abs(sel - med), axis=0)[:beta]
+    return AggOut(jnp.take_along_axis(sel, order, axis=0).mean(axis=0), chosen)
+
+
+def coordinate_median(updates, weights=None, key=None, *, f: int | None = None) -> AggOut:
+    """Coordinate-wise median (Yin et al. 2018); even n averages the two middle values. ``f`` is
+    only checked (``2f < n``) when given."""
+    del key
+    g, _, finite = check_updates(updates, weights, "median")
+    if f is not None:
+        _check_f(f, g.shape[0], "median", "2f<n")
+    return AggOut(jnp.median(g, axis=0), jnp.ones(g.shape[0], bool))
+
+
+def trimmed_mean(updates, weights=None, key=None, *, f: int) -> AggOut:
+    """Coordinate-wise trimmed mean (Yin et al. 2018): drop the ``f`` largest and ``f`` smallest
+    values of every coordinate and average the other ``n - 2f``. Needs ``2f < n``."""
+    del key
+    g, _, finite = check_updates(updates, weights, "trimmed_mean")
+    n = g.shape[0]
+    _check_f(f, n, "trimmed_mean", "2f<n")
+    if f == 0:
+        return AggOut(g.mean(axis=0), jnp.ones(n, bool))
+    # sum minus the f largest and f smallest (top_k on both signs): cheaper than a full sort
+    gt = g.T
+    top = lax.top_k(gt, f)[0].sum(axis=1)
+    bot = -lax.top_k(-gt, f)[0].sum(axis=1)
+    return AggOut((g.sum(axis=0) - top - bot) / (n - 2 * f), jnp.ones(n, bool))
+
+
+def geometric_median(updates, weights=None, key=None, *, nu: float = 1e-6, max_iter: int = 100,
+                     ftol: float = 1e-10) -> AggOut:
+    """RFA (Pillutla et al. 2022): smoothed Weiszfeld ``z <- sum b_i g_i / sum b_i`` with
+    ``b_i = alpha_i / max(nu, |z - g_i|)``, ``alpha = weights``, from ``z_0`` = the weighted mean,
+    until the relative objective change is below ``ftol`` or ``max_iter`` steps (fedlib defaults)."""
+    del key
+    g, w, finite = check_updates(updates, weights, "geomed")
+    w = w / jnp.maximum(w.sum(), 1e-30)
+
+    def objective(z):
+        return jnp.sum(w * jnp.sqrt(jnp.sum((g - z) ** 2, axis=1)))
+
+    def step(z):
+        dist = jnp.sqrt(jnp.sum((g - z) ** 2, axis=1))
+        b = w / jnp.maximum(nu, dist)
+        return (b @ g) / b.sum()
+
+    def cond(c):
+        i, _, obj_prev, obj = c
+        return (i < max_iter) & (jnp.abs(obj_prev - obj) > ftol * obj)
+
+    def body(c):
+        i, z, _, obj = c
+        z = step(z)
+        return i + 1, z, obj, objective(z)
+
+    z0 = w @ g
+    _, z, _, _ = lax.while_loop(cond, body, (0, z0, jnp.inf, objective(z0)))
+    return AggOut(z, finite)
+
+
+def centered_clipping(updates, weights=None, key=None, state=None, *, tau: float = 1.0, iters: int = 3):
+    """Centered clipping (Karimireddy et al. 2021), stateful: ``v <- v + (1/n) sum clip_tau(g_i - v)``
+    for ``iters`` steps from ``v_0`` = the previous aggregate (``state``, zeros at first), with
+    ``clip_tau(x) = x min(1, tau/|x|)``. Returns ``(AggOut, new_state)``. [our choice] tau=1, L=3
+    (epfml sweeps tau in {0.1..10}, L in {1,3,5}); clients use plain SGD, not momentum."""
+    del key
+    g, _, finite = check_updates(updates, weights, "cclip")
+    v = jnp.zeros(g.shape[1], g.dtype) if state is None else state
+    n_ok = jnp.maximum(finite.sum(), 1)
+
+    def body(_, v):
+        x = g - v
+        nrm = jnp.sqrt(jnp.sum(x * x, axis=1, keepdims=True))
+        clipped = x * jnp.minimum(1.0, tau / jnp.maximum(nrm, 1e-30))
+        return v + jnp.sum(jnp.where(finite[:, None], clipped, 0.0), axis=0) / n_ok
+
+    v = lax.fori_loop(0, iters, body, v)
+    return AggOut(v, finite), v
+
+
+def fltrust(updates, weights=None, key=None, *, root_update) -> AggOut:
+    """FLTrust (Cao et al. 2021): ``TS_i = ReLU(cos(g_i, g_0))`` with the server's root-set update
+    ``g_0``; ``AGR = sum TS_i (|g_0|/|g_i|) g_i / sum TS_i`` (zeros when every TS is 0)."""
+    del key
+    g, _, finite = check_updates(updates, weights, "fltrust")
+    g0 = jnp.asarray(root_update, g.dtype)
+    if g0.shape != (g.shape[1],):
+        raise ValueError(f"fltrust: root_update has shape {g0.shape}, expected ({g.shape[1]},) like each update row")
+    n0 = jnp.sqrt(jnp.sum(g0 * g0))
+    ni = jnp.sqrt(jnp.sum(g * g, axis=1))
+    ts = jax.nn.relu((g @ g0) / jnp.maximum(ni * n0, 1e-30)) * finite
+    coef = ts * n0 / jnp.maximum(ni, 1e-30)
+    tot = ts.sum()
+    agg = jnp.where(tot > 0, (coef @ g) / jnp.maximum(tot, 1e-30), 0.0)
+    return AggOut(agg, ts > 0)
+
+
+def _hdbscan_labels(cos_dist, min_cluster_size: int):
+    """Host-side HDBSCAN on a precomputed cosine-distance matrix; returns int32 labels."""
+    from sklearn.cluster import HDBSCAN
+
+    d = np.asarray(cos_dist, np.float64)
+    d = np.maximum((d + d.T) / 2, 0.0)
+    np.fill_diagonal(d, 0.0)
+    if d.shape[0] < 2 or min_cluster_size > d.shape[0]:
+        return np.zeros(d.shape[0], np.int32)
+    lab = HDBSCAN(metric="precomputed", min_cluster_size=min_cluster_size, min_samples=1,
+                  allow_single_cluster=True, copy=True).fit_predict(d)
+    return lab.astype(np.int32)
+
+
+def flame(updates, weights=None, key=None, *, noise_lambda: float = 0.001) -> AggOut:
+    """FLAME (Nguyen et al. 2022).
+
+    1. HDBSCAN (host, sklearn) on pairwise cosine distances, ``min_cluster_size = n//2 + 1``,
+       ``min_samples=1``, ``allow_single_cluster=True``; keep the largest cluster
+       ([our choice] keep everyone when HDBSCAN labels all points noise);
+    2. ``S = median_i |g_i|`` over all clients; clip each kept update to norm S and average;
+    3. add ``N(0, (lambda S)^2)`` per coordinate, ``lambda = noise_lambda`` ([unverified] FLAME's
+       value for image classification is quoted as 0.001; the noise goes on the update, which is
+       the same as on the model up to the server learning rate).
+    """
+    g, _, finite = check_updates(updates, weights, "flame")
+    n = g.shape[0]
+    nrm = jnp.sqrt(jnp.sum(g * g, axis=1))
+    unit = g / jnp.maximum(nrm, 1e-30)[:, None]
+    cos_dist = 1.0 - unit @ unit.T
+    labels = jax.pure_callback(functools.partial(_hdbscan_labels, min_cluster_size=n // 2 + 1),
+                               jax.ShapeDtypeStruct((n,), jnp.int32), cos_dist)
+    counts = jnp.sum(labels[None, :] == jnp.arange(n)[:, None], axis=1)
+    best = jnp.argmax(counts)
+    keep = jnp.where(counts[best] > 0, labels == best, True) & finite
+    s = _masked_median(nrm, finite)
+    clipped = g * jnp.minimum(1.0, s / jnp.maximum(nrm, 1e-30))[:, None]
+    agg = _mean_of(clipped, keep)
+    if key is not None and noise_lambda > 0:
+        agg = agg + noise_lambda * s * jax.random.normal(key, agg.shape, agg.dtype)
+    return AggOut(agg, keep)
+
+
+def _masked_median(x, mask):
+    """Median of ``x[mask]`` with static shapes (lower/upper middle averaged)."""
+    k = mask.sum()
+    srt = jnp.sort(jnp.where(mask, x, jnp.inf))
+    lo = srt[jnp.maximum((k - 1) // 2, 0)]
+    hi = srt[jnp.maximum(k // 2, 0)]
+    return (lo + hi) / 2
+
+
+def foolsgold(updates, weights=None, key=None, state=None, *, ids=None):
+    """FoolsGold (Fung et al. 2020), stateful history ``H_i = sum_t g_i^t`` (``state [N_total, d]``,
+    rows indexed by ``ids [n]``; default ``ids = arange(n)``, i.e. full participation).
+
+    ``cs = cos(H) - I``; ``v_i = max_j cs_ij``; pardoning ``cs_ij *= v_i / v_j`` where ``v_i < v_j``;
+    ``alpha = clip(1 - max_j cs_ij, 0, 1)``, ``alpha /= max alpha``, ``alpha = 1 -> 0.99``,
+    ``alpha = clip(ln(alpha / (1 - alpha)) + 0.5, 0, 1)``. Aggregate [our choice, a FedAvg-scale
+    step]: ``sum alpha_i g_i / sum alpha_i`` (the original sums, FedSGD style). Returns
+    ``(AggOut, new_state)``; ``benign`` = ``alpha > 0``.
+    """
+    del key
+    g, _, finite = check_updates(updates, weights, "foolsgold")
+    n = g.shape[0]
+    ids = jnp.arange(n) if ids is None else ids
+    hist = jnp.zeros((n, g.shape[1]), g.dtype) if state is None else state
+    hist = hist.at[ids].add(g)
+    h = hist[ids]
+    hn = h / jnp.maximum(jnp.sqrt(jnp.sum(h * h, axis=1, keepdims=True)), 1e-30)
+    cs = hn @ hn.T - jnp.eye(n, dtype=g.dtype)
+    v = jnp.max(cs, axis=1)
+    pardon = v[:, None] < v[None, :]
+    cs = jnp.where(pardon, cs * v[:, None] / jnp.where(v[None, :] == 0, 1.0, v[None, :]), cs)
+    alpha = jnp.clip(1.0 - jnp.max(cs, axis=1), 0.0, 1.0)
+    amax = jnp.max(alpha)
+    alpha = jnp.where(amax > 0, alpha / jnp.maximum(amax, 1e-30), 0.0)
+    alpha = jnp.where(alpha == 1.0, 0.99, alpha)
+    logit = jnp.log(jnp.maximum(alpha, 1e-30) / (1.0 - alpha)) + 0.5
+    alpha = jnp.where(alpha > 0, jnp.clip(logit, 0.0, 1.0), 0.0) * finite
+    return AggOut(_mean_of(g, alpha > 0, alpha), alpha > 0), hist
+
+
+def dnc(updates, weights=None, key=None, *, f: int, niters: int = 5, b: int = 10000, c: float = 1.0) -> AggOut:
+    """Divide-and-Conquer (Shejwalkar & Houmansadr 2021): ``niters`` times, sample ``b`` coordinates
+    (without replacement), centre them, score ``s_i = ((g_i - mu) . v)^2`` with ``v`` the top right
+    singular vector (from the eigenvector of the n x n Gram of the centred sample), keep the
+    ``n - c f`` lowest; average the intersection of the kept sets (fedlib defaults)."""
+    g, _, finite = check_updates(updates, weights, "dnc")
+    n, d = g.shape
+    _check_f(f, n, "dnc", "f<n")
+    if key is None:
+        raise ValueError("dnc: needs a PRNG key to sample coordinates")
+    b = min(int(b), d)
+    n_keep = max(1, n - int(np.ceil(c * f)))
+
+    def one(k):
+        idx = jax.random.choice(k, d, (b,), replace=False) if b < d else jnp.arange(d)
+        x = g[:, idx]
+        cnt = jnp.maximum(finite.sum(), 1)
+        mu = jnp.sum(jnp.where(finite[:, None], x, 0.0), axis=0) / cnt
+        xc = jnp.where(finite[:, None], x - mu, 0.0)
+        evals, evecs = jnp.linalg.eigh(xc @ xc.T)
+        s = evals[-1] * evecs[:, -1] ** 2
+        s = jnp.where(finite, s, jnp.inf)
+        return jnp.argsort(jnp.argsort(s)) < n_keep
+
+    keep = jnp.all(jax.vmap(one)(jax.random.split(key, niters)), axis=0) & finite
+    return AggOut(_mean_of(g, keep), keep)
+
+
+# ----------------------------------------------------------------------------------------------
+# the uniform record
+# ----------------------------------------------------------------------------------------------
+
+class Aggregator(NamedTuple):
+    """``init(num_clients, d) -> state``; ``apply(updates, weights, key, state, ctx) -> (AggOut, state)``.
+
+    ``ctx`` is a dict the FL wrapper fills: ``root_update [d]`` (the server's update on its root
+    set), ``ids [n]`` (client ids of the rows), ``global_flat [d]`` (the broadcast model)."""
+    name: str
+    init: Callable[[int, int], Any]
+    apply: Callable
+    selects: bool = True      # defines a kept set (detection FPR/FNR are meaningful)
+    needs_root: bool = False  # needs ctx['root_update']
+    f: int | None = None      # the f it was configured with
+
+
+def _stateless(fn, **kw):
+    def apply(updates, weights, key, state, ctx):
+        del ctx
+        return fn(updates, weights, key, **kw), state
+    return apply
+
+
+DEFENSES = ("fedavg", "krum", "multikrum", "bulyan", "median", "trimmed_mean", "geomed", "cclip", "fltrust",
+            "flame", "foolsgold", "dnc")
+
+
+def make_aggregator(name: str, *, f: int = 0, **hparams) -> Aggregator:
+    """The :class:`Aggregator` for ``name`` in :data:`DEFENSES` (SkyMask: :func:`jaxlab.fl.robust.skymask.skymask_aggregator`)."""
+    none = lambda n, d: ()  # noqa: E731
+    if name == "fedavg":
+        return Aggregator(name, none, _stateless(fedavg_mean), selects=False)
+    if name == "krum":
+        return Aggregator(name, none, _stateless(krum, f=f), f=f)
+    if name == "multikrum":
+        return Aggregator(name, none, _stateless(multi_krum, f=f, **hparams), f=f)
+    if name == "bulyan":
+        return Aggregator(name, none, _stateless(bulyan, f=f), f=f)
+    if name == "median":
+        return Aggregator(name, none, _stateless(coordinate_median, f=f), selects=False, f=f)
+    if name == "trimmed_mean":
+        return Aggregator(name, none, _stateless(trimmed_mean, f=f), selects=False, f=f)
+    if name == "geomed":
+        return Aggregator(name, none, _stateless(geometric_median, **hparams), selects=False)
+    if name == "dnc":
+        return Aggregator(name, none, _stateless(dnc, f=f, **hparams), f=f)
+    if name == "flame":
+        return Aggregator(name, none, _stateless(flame, **hparams))
+    if name == "fltrust":
+        def apply(updates, weights, key, state, ctx):
+            if "root_update" not in ctx:
+                raise ValueError("fltrust: ctx['root_update'] (the server's update on its root set) is missing")
+            return fltrust(updates, weights, key, root_update=ctx["root_update"]), state
+        return Aggregator(name, none, apply, needs_root=True)
+    if name == "cclip":
+        def apply(updates, weights, key, state, ctx):
+            return centered_clipping(updates, weights, key, state, **hparams)
+        return Aggregator(name, lambda n, d: jnp.zeros((d,), jnp.float32), apply, selects=False)
+    if name == "foolsgold":
+        def apply(updates, weights, key, state, ctx):
+            return foolsgold(updates, weights, key, state, ids=ctx.get("ids"))
+        return Aggregator(name, lambda n, d: jnp.zeros((n, d), jnp.float32), apply)
+    raise ValueError(f"unknown defense {name!r}: choose one of {DEFENSES} (or 'skymask' via the FL wrapper)")
