@@ -140,8 +140,9 @@ def dbe(model, lr: float = 0.005, batch_size: int = 10, local_epochs: int = 1, k
     warm_sgd = LocalSGD(model, lr, batch_size, local_epochs, loss_fn=_dbe_loss(model, kappa, momentum, False))
 
     def init(key, spec):
-        k_model, k_warm = jax.random.split(key)
-        params, ms = init_variables(model, k_model, spec)
+        # the model comes from ``key`` itself, so every method of a seed starts from FedAvg's model
+        params, ms = init_variables(model, key, spec)
+        k_warm = jax.random.fold_in(key, 1)
         n_clients = int(arrays["train_n"].shape[0])
         if n_clients != spec.num_clients:
             raise ValueError(f"warmup_data has {n_clients} clients but the simulation has {spec.num_clients}: "

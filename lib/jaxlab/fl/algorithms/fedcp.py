@@ -142,8 +142,9 @@ def fedcp(model, lr: float = 0.005, batch_size: int = 10, local_epochs: int = 1,
     sgd = LocalSGD(model, lr, batch_size, local_epochs, loss_fn=loss_fn)
 
     def init(key, spec):
-        k_model, k_cpn, k_ctx = jax.random.split(key, 3)
-        params, ms = init_variables(model, k_model, spec)
+        # the model comes from ``key`` itself, so every method of a seed starts from FedAvg's model
+        params, ms = init_variables(model, key, spec)
+        k_cpn, k_ctx = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
         dim = feature_dim(model, params, ms, spec)
         cpn = ConditionalPolicy(dim, tau).init(k_cpn, jnp.zeros((1, dim), jnp.float32), k_cpn)["params"]
         n = spec.num_clients

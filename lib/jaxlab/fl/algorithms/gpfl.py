@@ -155,8 +155,9 @@ def gpfl(model, lr: float = 0.005, batch_size: int = 10, local_epochs: int = 1, 
     sgd = LocalSGD(model, lr, batch_size, local_epochs, loss_fn=loss_fn, optimizer=optimizer)
 
     def init(key, spec):
-        k_model, k_cov, k_gce = jax.random.split(key, 3)
-        params, ms = init_variables(model, k_model, spec)
+        # the model comes from ``key`` itself, so every method of a seed starts from FedAvg's model
+        params, ms = init_variables(model, key, spec)
+        k_cov, k_gce = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
         dim = feature_dim(model, params, ms, spec)
         cov = make_cov(dim).init(k_cov, jnp.zeros((dim,), jnp.float32))["params"]
         gce = jax.random.normal(k_gce, (spec.num_classes, dim), jnp.float32)
