@@ -42,7 +42,7 @@ from jaxlab.fl.algorithm import Algorithm, replicate, weighted_mean
 from jaxlab.fl.algorithms.common import LocalSGD, init_variables
 from jaxlab.train.metrics import classification_metrics, cross_entropy
 
-__all__ = ["dbe", "warmup_global_mean", "features", "classify", "feature_dim"]
+__all__ = ["dbe", "dbe_loss", "warmup_global_mean", "features", "classify", "feature_dim"]
 
 
 # -- base/head halves of a jaxlab Classifier (shared by dbe, gpfl and fedcp) ------------------------
@@ -81,7 +81,7 @@ def _as_arrays(data):
     return {k: jnp.asarray(data[k]) for k in ("train_x", "train_y", "train_n")}
 
 
-def _dbe_loss(model, kappa: float, momentum: float, with_dbe: bool):
+def dbe_loss(model, kappa: float, momentum: float, with_dbe: bool = True):
     """``loss_fn(trainable, state, batch, key, global_mean)``; ``trainable = {'params', 'prbm'}``,
     ``state = {'model': model_state, 'mu': running mean [D]}`` (carried through the scan, no grad)."""
 
@@ -136,8 +136,8 @@ def dbe(model, lr: float = 0.005, batch_size: int = 10, local_epochs: int = 1, k
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum={momentum!r}: must be in [0, 1] (official value 1)")
     arrays = _as_arrays(warmup_data)
-    sgd = LocalSGD(model, lr, batch_size, local_epochs, loss_fn=_dbe_loss(model, kappa, momentum, True))
-    warm_sgd = LocalSGD(model, lr, batch_size, local_epochs, loss_fn=_dbe_loss(model, kappa, momentum, False))
+    sgd = LocalSGD(model, lr, batch_size, local_epochs, loss_fn=dbe_loss(model, kappa, momentum, True))
+    warm_sgd = LocalSGD(model, lr, batch_size, local_epochs, loss_fn=dbe_loss(model, kappa, momentum, False))
 
     def init(key, spec):
         # the model comes from ``key`` itself, so every method of a seed starts from FedAvg's model

@@ -59,7 +59,7 @@ from jaxlab.fl.algorithms.dbe import classify, feature_dim, features
 from jaxlab.models.layers import Dense
 from jaxlab.train.metrics import classification_metrics, cross_entropy
 
-__all__ = ["fedcp", "ConditionalPolicy", "mmd_rbf", "head_context", "MMD_BANDWIDTHS"]
+__all__ = ["fedcp", "fedcp_loss", "fedcp_forward", "ConditionalPolicy", "mmd_rbf", "head_context", "MMD_BANDWIDTHS"]
 
 MMD_BANDWIDTHS = (10.0, 15.0, 20.0, 50.0)
 
@@ -113,6 +113,35 @@ def _normalize(v):
     return v / jnp.maximum(jnp.linalg.norm(v), 1e-12)
 
 
+def fedcp_forward(model, tau: float = 1.0):
+    """``forward(base, head_p, head_g, cpn, ctx, model_state, x, key, train) -> (logits, h, model_state)``:
+    ``W_hp(h * r) + W_hg(h * s)`` with ``(r, s) = CPN(h * ctx / ||ctx||)`` and Gumbel noise from ``key``."""
+
+    def forward(base, head_p, head_g, cpn, ctx, ms, x, key, train):
+        h, ms = features(model, base, ms, x, train=train)
+        r, s = ConditionalPolicy(h.shape[1], tau).apply({"params": cpn}, h * _normalize(ctx), key)
+        out = classify(model, head_p, h * r) + classify(model, head_g, h * s)
+        return out, h, ms
+
+    return forward
+
+
+def fedcp_loss(model, lam: float, tau: float = 1.0, bandwidths=MMD_BANDWIDTHS):
+    """``loss_fn(trainable, model_state, batch, key, head_g, base_frozen, ctx)`` with ``trainable =
+    {'base', 'head', 'cpn'}``: ``CE(out, y) + lam * MMD(phi(x), phi_bar(x))`` (``key``: Gumbel noise)."""
+    forward = fedcp_forward(model, tau)
+    bandwidths = tuple(float(b) for b in bandwidths)
+
+    def loss_fn(trainable, ms, batch, key, head_g, base_frozen, ctx):
+        out, h, new_ms = forward(trainable["base"], trainable["head"], head_g, trainable["cpn"], ctx, ms,
+                                 batch["x"], key, True)
+        h_bar, _ = features(model, base_frozen, ms, batch["x"], train=True)
+        loss = cross_entropy(out, batch["y"]) + lam * mmd_rbf(h, lax.stop_gradient(h_bar), bandwidths)
+        return loss, (new_ms, {})
+
+    return loss_fn
+
+
 def fedcp(model, lr: float = 0.005, batch_size: int = 10, local_epochs: int = 1, lam: float = 5.0,
           tau: float = 1.0, bandwidths=MMD_BANDWIDTHS) -> Algorithm:
     """FedCP with the official ``lam=5`` (MMD weight) and Gumbel temperature ``tau=1``.
@@ -126,20 +155,8 @@ def fedcp(model, lr: float = 0.005, batch_size: int = 10, local_epochs: int = 1,
         raise ValueError(f"tau={tau!r}: the Gumbel-softmax temperature must be > 0 (official value 1)")
     bandwidths = tuple(float(b) for b in bandwidths)
 
-    def forward(base, head_p, head_g, cpn, ctx, ms, x, key, train):
-        h, ms = features(model, base, ms, x, train=train)
-        r, s = ConditionalPolicy(h.shape[1], tau).apply({"params": cpn}, h * _normalize(ctx), key)
-        out = classify(model, head_p, h * r) + classify(model, head_g, h * s)
-        return out, h, ms
-
-    def loss_fn(trainable, ms, batch, key, head_g, base_frozen, ctx):
-        out, h, new_ms = forward(trainable["base"], trainable["head"], head_g, trainable["cpn"], ctx, ms,
-                                 batch["x"], key, True)
-        h_bar, _ = features(model, base_frozen, ms, batch["x"], train=True)
-        loss = cross_entropy(out, batch["y"]) + lam * mmd_rbf(h, lax.stop_gradient(h_bar), bandwidths)
-        return loss, (new_ms, {})
-
-    sgd = LocalSGD(model, lr, batch_size, local_epochs, loss_fn=loss_fn)
+    forward = fedcp_forward(model, tau)
+    sgd = LocalSGD(model, lr, batch_size, local_epochs, loss_fn=fedcp_loss(model, lam, tau, bandwidths))
 
     def init(key, spec):
         # the model comes from ``key`` itself, so every method of a seed starts from FedAvg's model

@@ -57,7 +57,7 @@ from jaxlab.fl.algorithms.dbe import classify, feature_dim, features
 from jaxlab.models.layers import Dense
 from jaxlab.train.metrics import classification_metrics, cross_entropy
 
-__all__ = ["gpfl", "ConditionalValve", "angle_level_loss", "magnitude_level_loss", "label_frequency",
+__all__ = ["gpfl", "gpfl_loss", "ConditionalValve", "angle_level_loss", "magnitude_level_loss", "label_frequency",
            "OFFICIAL_HPARAMS", "official_hparams"]
 
 # backbone -> (lam, mu) from [GPFL-repo] system/run_me.sh and the maintainer in GPFL issue #6
@@ -123,6 +123,25 @@ def label_frequency(y, n, num_classes: int, batch_size: int):
     return counts / jnp.maximum(counts.sum(), 1.0)
 
 
+def gpfl_loss(model, lam: float):
+    """``loss_fn(trainable, model_state, batch, key, g [D], p [D], gce_frozen [U, D])`` with
+    ``trainable = {'base', 'head', 'gce', 'cov'}``: ``CE(psi(f_P)) + L_alg + lam * L_mlg``."""
+
+    def loss_fn(trainable, ms, batch, key, g, p, gce_frozen):
+        del key
+        cov = ConditionalValve(g.shape[0])
+        f, ms = features(model, trainable["base"], ms, batch["x"], train=True)
+        f_p = _valve(cov, trainable["cov"], f, p)
+        f_g = _valve(cov, trainable["cov"], f, g)
+        y = batch["y"]
+        loss = (cross_entropy(classify(model, trainable["head"], f_p), y)
+                + angle_level_loss(f_g, trainable["gce"], y)
+                + lam * magnitude_level_loss(f_g, gce_frozen, y))
+        return loss, (ms, {})
+
+    return loss_fn
+
+
 def gpfl(model, lr: float = 0.005, batch_size: int = 10, local_epochs: int = 1, lam: float = 0.01,
          mu: float = 0.1) -> Algorithm:
     """GPFL with the 4-layer-CNN defaults ``lam=0.01, mu=0.1`` (use :func:`official_hparams` for others).
@@ -134,21 +153,8 @@ def gpfl(model, lr: float = 0.005, batch_size: int = 10, local_epochs: int = 1, 
     if lam < 0 or mu < 0:
         raise ValueError(f"lam={lam!r} and mu={mu!r} must be >= 0 (official CNN values: lam=0.01, mu=0.1)")
 
-    def make_cov(dim):
-        return ConditionalValve(dim)
-
-    def loss_fn(trainable, ms, batch, key, g, p, gce_frozen):
-        del key
-        cov = make_cov(g.shape[0])
-        f, ms = features(model, trainable["base"], ms, batch["x"], train=True)
-        f_p = _valve(cov, trainable["cov"], f, p)
-        f_g = _valve(cov, trainable["cov"], f, g)
-        y = batch["y"]
-        loss = (cross_entropy(classify(model, trainable["head"], f_p), y)
-                + angle_level_loss(f_g, trainable["gce"], y)
-                + lam * magnitude_level_loss(f_g, gce_frozen, y))
-        return loss, (ms, {})
-
+    make_cov = ConditionalValve
+    loss_fn = gpfl_loss(model, lam)
     decay_mask = {"base": False, "head": False, "gce": True, "cov": True}
     optimizer = optax.chain(optax.masked(optax.add_decayed_weights(mu), lambda t: {k: jax.tree_util.tree_map(
         lambda _: decay_mask[k], v) for k, v in t.items()}), optax.sgd(lr))
