@@ -330,8 +330,11 @@ def _hdbscan_labels(cos_dist, min_cluster_size: int):
     np.fill_diagonal(d, 0.0)
     if d.shape[0] < 2 or min_cluster_size > d.shape[0]:
         return np.zeros(d.shape[0], np.int32)
-    lab = HDBSCAN(metric="precomputed", min_cluster_size=min_cluster_size, min_samples=1,
-                  allow_single_cluster=True, copy=True).fit_predict(d)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):  # tiny problem; BLAS pools oversubscribe a shared CPU
+        lab = HDBSCAN(metric="precomputed", min_cluster_size=min_cluster_size, min_samples=1,
+                      allow_single_cluster=True, copy=True).fit_predict(d)
     return lab.astype(np.int32)
 
 

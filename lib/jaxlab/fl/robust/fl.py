@@ -30,7 +30,7 @@ from jaxlab.fl.robust.attacks import Attack, add_trigger, make_attack
 from jaxlab.fl.robust.defenses import Aggregator
 from jaxlab.fl.robust.flat import flattener
 
-__all__ = ["robust_fedavg", "root_data", "backdoor_success", "detection_rates"]
+__all__ = ["robust_fedavg", "root_data", "backdoor_success", "detection_rates", "simulate"]
 
 
 def root_data(x, y):
@@ -69,19 +69,10 @@ def robust_fedavg(model, *, defense: Aggregator, malicious, attack: Attack | Non
         clients = {"malicious": jnp.asarray(malicious), "id": jnp.arange(spec.num_clients, dtype=jnp.int32)}
         return server, clients
 
-    def broadcast(server):
-        return {"params": server["params"], "model_state": server["model_state"]}
-
-    def client_update(bc, cs, data, key):
-        k_poison, k_train = jax.random.split(key)
-        if attack.poison_data is not None:
-            px, py = attack.poison_data(data["train_x"], data["train_y"], data["train_n"], k_poison)
-            data = dict(data, train_x=jnp.where(cs["malicious"], px, data["train_x"]),
-                        train_y=jnp.where(cs["malicious"], py, data["train_y"]))
-        params, _, m = local(bc["params"], bc["model_state"], data, k_train)
-        fl = flattener(bc["params"])
-        upd = fl.flatten(bc["params"]) - fl.flatten(params)
-        return cs, {"update": upd, "malicious": cs["malicious"], "id": cs["id"]}, m
+    poison_key = attack.name.split("+")[-1] if attack.poison_data is not None else None
+    client_update = _client_update_fn(model, float(lr), int(batch_size), int(local_epochs), poison_key,
+                                      attack.poison_data)
+    evaluate = _evaluate_fn(model)
 
     def server_update(server, uploads, weights, key):
         k_root, k_att, k_agg = jax.random.split(key, 3)
@@ -101,12 +92,111 @@ def robust_fedavg(model, *, defense: Aggregator, malicious, attack: Attack | Non
         return {"params": params, "model_state": server["model_state"], "agg_state": agg_state,
                 "det": jax.tree_util.tree_map(lambda a: a.astype(jnp.int32), det)}
 
-    def evaluate(bc, cs, data, key):
-        del cs, key
-        return evaluate_on_test(model, bc["params"], bc["model_state"], data)
-
     return Algorithm(init, broadcast, client_update, server_update, evaluate,
                      name=name or f"{attack.name}/{defense.name}")
+
+
+_CACHE: dict = {}
+
+
+def broadcast(server):
+    return {"params": server["params"], "model_state": server["model_state"]}
+
+
+def _client_update_fn(model, lr, batch_size, local_epochs, poison_key, poison_data):
+    """One client function per (model, hyperparameters, data attack), shared by every algorithm
+    built with them, so a driver that jits it once reuses the compiled code across attack x
+    defense cells."""
+    key = ("client", id(model), lr, batch_size, local_epochs, poison_key)
+    if key in _CACHE:
+        return _CACHE[key][1]
+    local = LocalSGD(model, lr, batch_size, local_epochs)
+
+    def client_update(bc, cs, data, key):
+        k_poison, k_train = jax.random.split(key)
+        if poison_data is not None:
+            px, py = poison_data(data["train_x"], data["train_y"], data["train_n"], k_poison)
+            data = dict(data, train_x=jnp.where(cs["malicious"], px, data["train_x"]),
+                        train_y=jnp.where(cs["malicious"], py, data["train_y"]))
+        params, _, m = local(bc["params"], bc["model_state"], data, k_train)
+        fl = flattener(bc["params"])
+        upd = fl.flatten(bc["params"]) - fl.flatten(params)
+        return cs, {"update": upd, "malicious": cs["malicious"], "id": cs["id"]}, m
+
+    _CACHE[key] = (model, client_update)  # keeps the model alive so id() stays unique
+    return client_update
+
+
+def _evaluate_fn(model):
+    key = ("eval", id(model))
+    if key not in _CACHE:
+        def evaluate(bc, cs, data, key):
+            del cs, key
+            return evaluate_on_test(model, bc["params"], bc["model_state"], data)
+        _CACHE[key] = (model, evaluate)
+    return _CACHE[key][1]
+
+
+def _jit_cached(tag, fn, make):
+    k = (tag, fn)
+    if k not in _JIT:
+        _JIT[k] = make(fn)
+    return _JIT[k]
+
+
+_JIT: dict = {}
+
+
+def simulate(alg: Algorithm, data, rounds: int, *, seed: int = 0, join_ratio: float = 1.0, eval_every: int = 0,
+             show_progress: bool = False) -> dict:
+    """A lean driver for attack x defense matrices: the same round as :class:`jaxlab.fl.engine.Simulation`
+    (select, client_update, server_update) but the vmapped client step and the evaluation are jitted
+    once per client function and reused across cells, and clients are evaluated only every
+    ``eval_every`` rounds (0: only at the end).
+
+    Returns ``{'acc', 'history': [(round, acc)], 'det': summed tp/fp/fn/tn, 'fpr', 'fnr',
+    'server_state'}``; ``acc`` is the global model's sample-weighted test accuracy over all clients."""
+    from jaxlab.fl.algorithm import data_spec_of, tree_index, tree_set
+    from jaxlab.utils.progress import progress
+
+    if not isinstance(rounds, (int, np.integer)) or rounds < 1:
+        raise ValueError(f"rounds={rounds!r} must be a positive integer")
+    if not 0.0 < join_ratio <= 1.0:
+        raise ValueError(f"join_ratio={join_ratio!r} must be in (0, 1]")
+    arrays = jax.tree_util.tree_map(jnp.asarray, data.arrays())
+    spec = data_spec_of(data)
+    n_all = spec.num_clients
+    m = max(1, int(np.floor(n_all * join_ratio)))
+    server, clients = alg.init(jax.random.PRNGKey(seed + 1_000_003), spec)
+    train = _jit_cached("train", alg.client_update,
+                        lambda f: jax.jit(jax.vmap(f, in_axes=(None, 0, 0, 0))))
+    evaluate = _jit_cached("eval", alg.evaluate, lambda f: jax.jit(jax.vmap(f, in_axes=(None, 0, 0, 0))))
+    server_step = jax.jit(alg.server_update)
+    sizes = jnp.asarray(data.train_n, jnp.float32)
+
+    def accuracy(server):
+        ev = evaluate(broadcast(server), clients, arrays, jax.random.split(jax.random.PRNGKey(0), n_all))
+        return float(np.asarray(ev["correct"]).sum() / max(np.asarray(ev["count"]).sum(), 1))
+
+    det = {k: 0 for k in ("tp", "fp", "fn", "tn")}
+    history = []
+    for r in progress(range(rounds), total=rounds, desc=alg.name, disable=not show_progress):
+        rkey = jax.random.fold_in(jax.random.PRNGKey(seed), r)
+        k_sel, k_train, k_server = jax.random.split(rkey, 3)
+        sel = jnp.arange(n_all) if m == n_all else jnp.sort(jax.random.permutation(k_sel, n_all)[:m])
+        keys = jax.vmap(lambda i: jax.random.fold_in(k_train, i))(sel)
+        sub_c, sub_d = tree_index(clients, sel), tree_index(arrays, sel)
+        new_c, uploads, tm = train(broadcast(server), sub_c, sub_d, keys)
+        clients = tree_set(clients, sel, new_c)
+        w = sizes[sel] / sizes[sel].sum()
+        server = server_step(server, uploads, w, k_server)
+        for k in det:
+            det[k] += int(server["det"][k])
+        if eval_every and (r + 1) % eval_every == 0 and r + 1 < rounds:
+            history.append((r + 1, accuracy(server)))
+    acc = accuracy(server)
+    history.append((rounds, acc))
+    return {"acc": acc, "history": history, "det": det, **detection_rates(det), "server_state": server}
 
 
 def backdoor_success(model, params, model_state, test_x, test_y, test_n, target: int = 0, trigger_size=None):

@@ -90,15 +90,18 @@ def _gmm_host(binary, seed):
     from sklearn.decomposition import PCA
     from sklearn.mixture import GaussianMixture
 
+    from threadpoolctl import threadpool_limits
+
     x = np.asarray(binary, np.float64)
     k = x.shape[0]
     if k < 3 or np.all(x == x[-1]):
         return np.ones(k, bool)
-    try:
-        z = PCA(n_components=min(2, k - 1)).fit_transform(x)
-        if not np.isfinite(z).all() or np.ptp(z, axis=0).max() < 1e-12:
-            return np.ones(k, bool)
-        lab = GaussianMixture(n_components=2, random_state=int(seed)).fit_predict(z)
+    try:  # one BLAS thread: tiny problems, and BLAS pools oversubscribe a shared CPU (100x slower)
+        with threadpool_limits(1):
+            z = PCA(n_components=min(2, k - 1)).fit_transform(x)
+            if not np.isfinite(z).all() or np.ptp(z, axis=0).max() < 1e-12:
+                return np.ones(k, bool)
+            lab = GaussianMixture(n_components=2, random_state=int(seed)).fit_predict(z)
     except ValueError:  # degenerate spread (e.g. only two distinct masks with tiny support)
         return np.ones(k, bool)
     return lab == lab[-1]

@@ -1,0 +1,165 @@
+"""SkyMask and the Byzantine-FL baselines under model-poisoning attacks (quick study and tour row).
+
+    python -m experiments.robust --workdir=/tmp/robust --config=experiments/configs/robust.py:quick
+
+Runs every (attack, defense) cell of ``config.attacks x config.defenses`` (and Pill-wrapped attacks
+on ``config.pill_defenses``) at ``config.attacker_fraction`` and writes, per cell, the global
+model's test accuracy, backdoor attack success rate where relevant, and detection FPR/FNR (summed
+over rounds; "n/a" for rules that select nobody). The full matrix and the attacker-fraction sweep
+live in ``experiments/robust_matrix.py``, which reuses :func:`setup` and :func:`run_cell`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import jax
+import numpy as np
+
+from jaxlab.data import load_dataset
+from jaxlab.fl.algorithm import data_spec_of
+from jaxlab.fl.algorithms.common import init_variables
+from jaxlab.fl.robust.attacks import make_attack
+from jaxlab.fl.robust.data import make_fang_federated, split_root
+from jaxlab.fl.robust.defenses import make_aggregator, max_admissible_f
+from jaxlab.fl.robust.fl import backdoor_success, robust_fedavg, root_data, simulate
+from jaxlab.fl.robust.flat import flattener
+from jaxlab.fl.robust.pill import pill_attack
+from jaxlab.fl.robust.skymask import root_loss_fn, skymask_aggregator
+from jaxlab.utils.workdir import Workdir, markdown_table
+
+F_RULES = ("krum", "multikrum", "bulyan", "median", "trimmed_mean", "dnc")
+
+
+@dataclasses.dataclass
+class Setup:
+    config: object
+    data: object
+    root: dict
+    model: object
+    flat: object
+    num_classes: int
+
+
+def setup(config) -> Setup:
+    from jaxlab.data import make_federated
+    from jaxlab.models import make_cnn, make_mlp
+
+    x, y, nc = load_dataset(config.dataset, data_dir=config.data_dir or None)
+    rx, ry, x2, y2 = split_root(x, y, config.root_size, config.seed)
+    if config.partition == "fang":
+        data = make_fang_federated(x2, y2, config.num_clients, nc, config.bias, config.seed)
+    else:
+        data = make_federated(x2, y2, config.num_clients, config.partition, alpha=config.bias, num_classes=nc,
+                              seed=config.seed + 1)
+    if config.model == "mlp":
+        model = make_mlp(nc, hidden=tuple(config.hidden))
+    elif config.model == "cnn":
+        model = make_cnn(nc, hidden=int(config.hidden[0]), channels=(30, 50))
+    else:
+        raise ValueError(f"unknown model {config.model!r}: 'mlp' or 'cnn'")
+    params, _ = init_variables(model, jax.random.PRNGKey(0), data_spec_of(data))
+    return Setup(config, data, root_data(rx, ry), model, flattener(params), nc)
+
+
+def malicious_mask(n: int, fraction: float) -> np.ndarray:
+    """The first ``round(fraction * n)`` clients are attackers (their data are as random as anyone's)."""
+    f = int(round(fraction * n))
+    mal = np.zeros(n, bool)
+    mal[:f] = True
+    return mal
+
+
+def build_defense(s: Setup, name: str, f_true: int):
+    """The rule with ``f = min(true attackers, the rule's largest admissible f)``."""
+    n = s.config.num_clients
+    if name == "skymask":
+        return skymask_aggregator(root_loss_fn(s.model, s.flat.unflatten, s.root["train_x"], s.root["train_y"])), None
+    if name in F_RULES:
+        f = min(f_true, max_admissible_f(name, n))
+        return make_aggregator(name, f=f), f
+    if name == "cclip":
+        return make_aggregator(name, tau=s.config.cclip_tau), None
+    return make_aggregator(name), None
+
+
+def run_cell(s: Setup, attack: str, defense: str, fraction: float, pill: bool = False, rounds: int | None = None) -> dict:
+    c = s.config
+    n = c.num_clients
+    mal = malicious_mask(n, fraction if attack != "none" else 0.0)
+    f_true = int(mal.sum())
+    # with no attack a rule still assumes the attack fraction's f (it cannot know there is none)
+    agg, f_used = build_defense(s, defense, int(round(fraction * n)))
+    att = make_attack(attack, knowledge=c.knowledge, num_classes=s.num_classes)
+    if pill:
+        att = pill_attack(att, search=c.pill_search, pill_norm=c.pill_norm)
+    alg = robust_fedavg(s.model, defense=agg, malicious=mal, attack=att, lr=c.lr, batch_size=c.batch_size,
+                        local_epochs=c.local_epochs, server_lr=c.server_lr, root=s.root)
+    t0 = time.perf_counter()
+    out = simulate(alg, s.data, rounds or c.rounds, seed=c.seed, join_ratio=c.join_ratio, eval_every=c.eval_every)
+    row = {"attack": attack, "defense": defense, "pill": bool(pill), "fraction": float(fraction), "f": f_true,
+           "f_defense": f_used, "acc": out["acc"], "err": 1.0 - out["acc"],
+           "fpr": out["fpr"] if agg.selects else float("nan"), "fnr": out["fnr"] if agg.selects else float("nan"),
+           "seconds": time.perf_counter() - t0}
+    if attack == "backdoor":
+        d = s.data
+        sv = out["server_state"]
+        row["asr"] = backdoor_success(s.model, sv["params"], sv["model_state"], d.test_x, d.test_y, d.test_n)
+    if out["history"] and len(out["history"]) > 1:
+        row["history"] = out["history"]
+    return row
+
+
+def fmt(v, pct=True):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{100 * v:.1f}" if pct else f"{v:.3f}"
+
+
+def run(config, workdir) -> dict:
+    wd = Workdir(workdir)
+    wd.write_config(config)
+    s = setup(config)
+    rows = []
+    cells = [(a, d, False) for a in config.attacks for d in config.defenses]
+    cells += [(a, d, True) for a in config.pill_attacks for d in config.pill_defenses]
+    for i, (a, d, p) in enumerate(cells):
+        row = run_cell(s, a, d, config.attacker_fraction, p)
+        wd.log(i, **row)
+        rows.append(row)
+    table = markdown_table([{**r, "acc": fmt(r["acc"]), "fpr": fmt(r["fpr"]), "fnr": fmt(r["fnr"]),
+                             "seconds": f"{r['seconds']:.1f}"} for r in rows],
+                           ["attack", "defense", "pill", "f", "f_defense", "acc", "fpr", "fnr", "seconds"])
+    wd.write_text("results.md", table)
+    base = {r["defense"]: r["acc"] for r in rows if r["attack"] == "none" and not r["pill"]}
+    summary = {"dataset": config.dataset, "clients": config.num_clients, "attacker_fraction": config.attacker_fraction,
+               "rounds": config.rounds, "model": config.model,
+               "cells": {f"{r['attack']}/{r['defense']}{'/pill' if r['pill'] else ''}":
+                         {k: r[k] for k in ("acc", "fpr", "fnr") if k in r} for r in rows},
+               "no_attack_fedavg_acc": base.get("fedavg")}
+    wd.write_summary(summary)
+    print(table)
+    return summary
+
+
+def tour_row(workdir) -> dict:
+    from experiments.configs.robust import get_config
+
+    summ = run(get_config("quick"), workdir)
+    cells = summ["cells"]
+    parts = [f"no attack FedAvg {100 * cells['none/fedavg']['acc']:.1f}%"]
+    for d in ("fedavg", "median", "fltrust", "skymask"):
+        cell = cells.get(f"min_max/{d}")
+        if cell:
+            extra = (f" (FPR {fmt(cell['fpr'])}%, FNR {fmt(cell['fnr'])}%)" if d == "skymask" else "")
+            parts.append(f"{d} {100 * cell['acc']:.1f}%{extra}")
+    return {"system": "robust (SkyMask)", "dataset": f"digits 8x8, 20 clients, 20% Min-Max attackers",
+            "headline": "test acc: " + ", ".join(parts)}
+
+
+if __name__ == "__main__":
+    from jaxlab.utils.experiment import cli
+
+    cli(run, "robust")

@@ -1,0 +1,218 @@
+"""Every attack x defense, with and without Pill, plus the attacker-fraction sweep; heat maps + tables.
+
+    python -m experiments.robust_matrix --workdir=/work/runs/robust_matrix --config=experiments/configs/robust.py:matrix
+
+Three parts, one cell = one federated run (see :func:`experiments.robust.run_cell`):
+
+1. ``matrix``: ``config.attacks x config.defenses`` at ``config.attacker_fraction``;
+2. ``pill``: ``config.pill_attacks x config.pill_defenses`` with the Pill-wrapped attack
+   ([our design], see :mod:`jaxlab.fl.robust.pill`), compared with the same cells of part 1;
+3. ``sweep``: ``config.sweep_attacks x config.sweep_defenses x config.fractions``.
+
+Each finished cell is appended to ``metrics.jsonl``; a restarted run skips the cells already there
+(resume). Outputs: ``heatmap_acc.png``, ``heatmap_fpr.png``, ``heatmap_fnr.png``,
+``heatmap_pill.png``, ``sweep.png``, ``results.md`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from experiments.robust import fmt, run_cell, setup
+from jaxlab.utils.workdir import Workdir, markdown_table
+
+
+def _key(r):
+    return (r["part"], r["attack"], r["defense"], bool(r["pill"]), round(float(r["fraction"]), 4))
+
+
+def cells_of(config):
+    out = [("matrix", a, d, False, config.attacker_fraction) for a in config.attacks for d in config.defenses]
+    out += [("pill", a, d, True, config.attacker_fraction) for a in config.pill_attacks for d in config.pill_defenses]
+    # the 50% column first: it is the one the SkyMask-vs-baselines claim rests on
+    fracs = sorted(config.fractions, key=lambda fr: (not math.isclose(fr, 0.5), fr))
+    out += [("sweep", a, d, False, fr) for fr in fracs for a in config.sweep_attacks
+            for d in config.sweep_defenses if not math.isclose(fr, config.attacker_fraction)]
+    return out
+
+
+def _heatmap(path, mat, rows, cols, title, fmt_pct=True, cmap="viridis", vmin=0.0, vmax=1.0):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(cols), 1.0 + 0.45 * len(rows)))
+    im = ax.imshow(np.where(np.isnan(mat), np.nan, mat), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            v = mat[i, j]
+            ax.text(j, i, "n/a" if np.isnan(v) else (f"{100 * v:.0f}" if fmt_pct else f"{v:.1f}"), ha="center",
+                    va="center", fontsize=7, color="w" if not np.isnan(v) and v < (vmin + vmax) / 2 else "k")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _floats(r):
+    """metrics.jsonl stores NaN as the string 'nan' (strict JSON); turn it back into a float."""
+    return {k: (float(v) if isinstance(v, str) and v in ("nan", "inf", "-inf") else v) for k, v in r.items()}
+
+
+def report(config, rows, wd: Workdir) -> dict:
+    rows = [_floats(r) for r in rows]
+    by = {_key(r): r for r in rows}
+    fr0 = round(float(config.attacker_fraction), 4)
+    A, D = list(config.attacks), list(config.defenses)
+
+    def mat(field, part="matrix", pill=False, attacks=A, defenses=D, fr=fr0):
+        m = np.full((len(attacks), len(defenses)), np.nan)
+        for i, a in enumerate(attacks):
+            for j, d in enumerate(defenses):
+                r = by.get((part, a, d, pill, fr)) or (by.get(("matrix", a, d, pill, fr)) if part == "sweep" else None)
+                if r is not None and r.get(field) is not None:
+                    m[i, j] = float(r[field]) if not isinstance(r[field], str) else np.nan
+        return m
+
+    tag = f"{config.dataset}, {config.num_clients} clients, {int(100 * config.attacker_fraction)}% attackers"
+    acc = mat("acc")
+    _heatmap(wd.file("heatmap_acc.png"), acc, A, D, f"test accuracy (%), {tag}")
+    _heatmap(wd.file("heatmap_fpr.png"), mat("fpr"), A, D, f"detection FPR (%), {tag}", cmap="magma_r")
+    _heatmap(wd.file("heatmap_fnr.png"), mat("fnr"), A, D, f"detection FNR (%), {tag}", cmap="magma_r")
+    summary = {"setting": tag, "rounds": config.rounds, "model": f"{config.model}{tuple(config.hidden)}",
+               "partition": f"{config.partition} bias {config.bias}", "cells_done": len(rows)}
+    tables = ["## Accuracy (%) / FPR / FNR, attack x defense\n"]
+    tab_rows = []
+    for a in A:
+        row = {"attack": a}
+        for d in D:
+            r = by.get(("matrix", a, d, False, fr0))
+            if r is None:
+                row[d] = "-"
+                continue
+            cell = f"{fmt(r['acc'])}"
+            if not (isinstance(r.get("fnr"), float) and math.isnan(r["fnr"])):
+                cell += f" ({fmt(r['fpr'])}/{fmt(r['fnr'])})"
+            if "asr" in r:
+                cell += f" asr {fmt(r['asr'])}"
+            row[d] = cell
+        tab_rows.append(row)
+    tables.append(markdown_table(tab_rows, ["attack"] + D))
+    summary["matrix"] = {f"{r['attack']}/{r['defense']}": {k: r.get(k) for k in ("acc", "fpr", "fnr", "asr", "f_defense")}
+                         for r in rows if r["part"] == "matrix"}
+
+    # Pill: error-rate ratio and detection bypass per defense
+    PA, PD = list(config.pill_attacks), list(config.pill_defenses)
+    if PA and PD:
+        e_base, e_pill = 1 - mat("acc", attacks=PA, defenses=PD), 1 - mat("acc", "pill", True, PA, PD)
+        fnr_b, fnr_p = mat("fnr", attacks=PA, defenses=PD), mat("fnr", "pill", True, PA, PD)
+        ratio = e_pill / np.maximum(e_base, 1e-9)
+        _heatmap(wd.file("heatmap_pill.png"), np.log2(ratio), PA, PD,
+                 "log2(error rate with Pill / without), Pill = ours", fmt_pct=False, cmap="coolwarm", vmin=-2, vmax=2)
+        prow = []
+        eight = [d for d in PD if d not in ("fedavg", "skymask")]
+        passed = 0
+        for j, d in enumerate(PD):
+            fb, fp = np.nanmean(fnr_b[:, j]) if not np.all(np.isnan(fnr_b[:, j])) else np.nan, \
+                np.nanmean(fnr_p[:, j]) if not np.all(np.isnan(fnr_p[:, j])) else np.nan
+            bypass = (fp > 0.5) if not np.isnan(fp) else None
+            if d in eight and bypass:
+                passed += 1
+            prow.append({"defense": d, "err_base": fmt(np.nanmean(e_base[:, j])), "err_pill": fmt(np.nanmean(e_pill[:, j])),
+                         "ratio": f"{np.nanmean(ratio[:, j]):.2f}", "fnr_base": fmt(fb), "fnr_pill": fmt(fp),
+                         "pill_bypasses_detection(fnr>50%)": "n/a (no selection)" if bypass is None else str(bool(bypass))})
+        cols8 = [PD.index(d) for d in eight]
+        summary["pill"] = {"mean_error_ratio_8_defenses": float(np.nanmean(ratio[:, cols8])) if cols8 else None,
+                           "mean_error_base_8": float(np.nanmean(e_base[:, cols8])) if cols8 else None,
+                           "mean_error_pill_8": float(np.nanmean(e_pill[:, cols8])) if cols8 else None,
+                           "defenses_bypassed_of_8": passed,
+                           "defenses_with_selection_of_8": int(sum(1 for d in eight if not np.all(np.isnan(fnr_p[:, PD.index(d)])))),
+                           "per_cell_ratio": {f"{a}/{d}": (None if np.isnan(ratio[i, j]) else float(ratio[i, j]))
+                                              for i, a in enumerate(PA) for j, d in enumerate(PD)}}
+        tables.append("\n## Pill (ours) vs the same attacks without Pill (mean over attacks)\n")
+        tables.append(markdown_table(prow, list(prow[0].keys())))
+
+    # sweep
+    FR = sorted(set(list(config.fractions) + ([config.attacker_fraction] if config.fractions else [])))
+    SA, SD = list(config.sweep_attacks), list(config.sweep_defenses)
+    if FR and SA and SD:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        base = by.get(("matrix", "none", "fedavg", False, fr0))
+        fig, axes = plt.subplots(1, len(SA), figsize=(3.2 * len(SA), 3.0), sharey=True)
+        axes = np.atleast_1d(axes)
+        sweep = {}
+        for ax, a in zip(axes, SA):
+            for d in SD:
+                ys = []
+                for fr in FR:
+                    r = by.get(("sweep", a, d, False, round(fr, 4))) or by.get(("matrix", a, d, False, round(fr, 4)))
+                    ys.append(np.nan if r is None else r["acc"])
+                    if r is not None:
+                        sweep[f"{a}/{d}/{fr:g}"] = {k: r.get(k) for k in ("acc", "fpr", "fnr", "f_defense")}
+                ax.plot([100 * f for f in FR], ys, marker="o", ms=3, label=d)
+            if base is not None:
+                ax.axhline(base["acc"], color="k", ls=":", lw=1)
+            ax.set_title(a, fontsize=9)
+            ax.set_xlabel("attackers (%)")
+        axes[0].set_ylabel("test accuracy")
+        axes[-1].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(wd.file("sweep.png"), dpi=110)
+        plt.close(fig)
+        summary["sweep"] = sweep
+        srows = []
+        for d in SD:
+            for a in SA:
+                row = {"defense": d, "attack": a}
+                for fr in FR:
+                    r = by.get(("sweep", a, d, False, round(fr, 4))) or by.get(("matrix", a, d, False, round(fr, 4)))
+                    row[f"{int(round(100 * fr))}%"] = "-" if r is None else fmt(r["acc"])
+                srows.append(row)
+        tables.append("\n## Attacker-fraction sweep: accuracy (%)\n")
+        tables.append(markdown_table(srows, ["defense", "attack"] + [f"{int(round(100 * f))}%" for f in FR]))
+    if base := by.get(("matrix", "none", "fedavg", False, fr0)):
+        summary["no_attack_fedavg_acc"] = base["acc"]
+    wd.write_text("results.md", "\n".join(tables))
+    wd.write_summary(summary)
+    return summary
+
+
+def run(config, workdir) -> dict:
+    from jaxlab.utils.progress import progress
+
+    wd = Workdir(workdir)
+    wd.write_config(config)
+    rows = [r for r in wd.read_metrics() if "part" in r]
+    done = {_key(r) for r in rows}
+    todo = [c for c in cells_of(config) if (c[0], c[1], c[2], c[3], round(float(c[4]), 4)) not in done]
+    s = setup(config) if todo else None
+    step = len(rows)
+    for part, a, d, p, fr in progress(todo, total=len(todo), desc="robust matrix"):
+        row = {"part": part, **run_cell(s, a, d, fr, p)}
+        row.pop("history", None)
+        wd.log(step, **row)
+        rows.append(row)
+        step += 1
+        if step % 20 == 0:
+            report(config, rows, wd)
+    return report(config, rows, wd)
+
+
+def tour_row(workdir) -> dict:
+    from experiments.robust import tour_row as quick_row
+
+    return quick_row(workdir)
+
+
+if __name__ == "__main__":
+    from jaxlab.utils.experiment import cli
+
+    cli(run, "robust")
