@@ -64,6 +64,7 @@ class SegmentSchedule(NamedTuple):
     start: np.ndarray
     finish: np.ndarray
     makespan: float
+    std: float = 0.0       # predicted std of the makespan (seconds)
 
 
 class Plan(NamedTuple):
@@ -415,10 +416,12 @@ def segment_schedule(pb: Problem, sched: Schedule, seg_times: Sequence[float] | 
     for k, s in enumerate(segs):
         for i in s.ops:
             seg_of[i] = k
-    start = np.zeros(len(segs)); finish = np.zeros(len(segs))
+    start = np.zeros(len(segs)); finish = np.zeros(len(segs)); var = np.zeros(len(segs))
     free = np.zeros(pb.n_dev)
+    last_on = [-1] * pb.n_dev
     for k, s in enumerate(segs):
         ready = free[s.device]
+        rvar = var[last_on[s.device]] if last_on[s.device] >= 0 else 0.0
         members = set(s.ops)
         host = sum(nb for i in s.ops for v, p, nb in pb.in_values[i] if p < 0)
         if host and s.device != 0:
@@ -430,13 +433,23 @@ def segment_schedule(pb: Problem, sched: Schedule, seg_times: Sequence[float] | 
                     continue
                 seen.add(v)
                 q = seg_of[p]
-                ready = max(ready, finish[q] + _comm(cm, nb, segs[q].device, s.device))
+                t = finish[q] + _comm(cm, nb, segs[q].device, s.device)
+                if t > ready:
+                    ready, rvar = t, var[q]
         start[k] = ready
         dur = seg_times[k] if seg_times is not None else segment_time(cm, s.ops, s.device, segment_args(pb, s.ops))
         finish[k] = ready + dur
         free[s.device] = finish[k]
+        last_on[s.device] = k
+        # Relative spread of a sum of independent op times, applied to the segment's duration.
+        ops = list(s.ops)
+        tot = float(np.sum(cm.op_time[ops, s.device]))
+        rel = float(np.sqrt(np.sum(cm.op_std[ops, s.device] ** 2))) / tot if tot > 0 else 0.0
+        var[k] = rvar + (rel * dur) ** 2
+    last = int(np.argmax(finish)) if len(segs) else 0
     return SegmentSchedule(segments=segs, start=start, finish=finish,
-                           makespan=float(finish.max()) if len(segs) else 0.0)
+                           makespan=float(finish.max()) if len(segs) else 0.0,
+                           std=float(np.sqrt(var[last])) if len(segs) else 0.0)
 
 
 def device_memory(pb: Problem, sched: Schedule) -> dict:
@@ -455,9 +468,9 @@ def device_memory(pb: Problem, sched: Schedule) -> dict:
 def _plan(pb, name, placement, slo=None, k_sigma=0.0, note=""):
     sched = list_schedule(pb, placement)
     seg = segment_schedule(pb, sched)
-    meets = None if slo is None else bool(seg.makespan + k_sigma * sched.std <= slo)
+    meets = None if slo is None else bool(seg.makespan + k_sigma * seg.std <= slo)
     return Plan(name=name, placement=sched.placement, schedule=sched, segments=seg, predicted_s=seg.makespan,
-                predicted_std_s=sched.std, memory=device_memory(pb, sched), meets_slo=meets, note=note)
+                predicted_std_s=seg.std, memory=device_memory(pb, sched), meets_slo=meets, note=note)
 
 
 def plan_single_device(pb: Problem, device: int, slo: float | None = None, k_sigma: float = 0.0) -> Plan:
@@ -513,7 +526,7 @@ def plan_memory_optimal(pb: Problem, slo: float, k_sigma: float = 1.0, accelerat
         sched = list_schedule(pb, pl)
         seg = segment_schedule(pb, sched)
         mem = weight_bytes(pb.graph, pl, acc) + activation_peak_bytes(pb.graph, pl, sched.start, sched.finish, acc)
-        return seg.makespan + k_sigma * sched.std, mem
+        return seg.makespan + k_sigma * seg.std, mem
     cur = list(start.placement)
     cur_lat, cur_mem = score(cur)
     evals = 0

@@ -1,0 +1,129 @@
+"""Chrion benchmark: our compiled single-device path vs ONNX Runtime (CPU) on the same ONNX RNNs.
+
+    python -m benchmarks.chrion                 # LSTM grid of the spec (hidden 256-1024, 2-4 layers, uni/bi, T 16/64)
+    python -m benchmarks.chrion --quick         # 4 models, fewer repeats
+    python -m benchmarks.chrion --plans         # also: engine plans on [cpu, emulated accelerator]
+
+For every model: ONNX Runtime CPUExecutionProvider (default threads) and ``compile_single_device``
+(the whole model as one jitted function, each RNN node a lax.scan over time) run the same inputs,
+interleaved call by call, ``--repeats`` times; the figure is the ratio of medians (jax / ORT, < 1
+means we are faster) and the max abs difference of the outputs. The machine is shared: medians
+only, and the load average is printed beside the numbers.
+
+With ``--plans`` the script re-executes itself with two XLA host devices and also measures the
+threaded engine on the unrolled graph for cpu-only / accelerator-only / latency-optimal plans
+(accelerator EMULATED: a second CPU device with a speed model; no GPU claim follows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+
+def _machine() -> str:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
+    return (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"load average {load[0]:.1f}; python {platform.python_version()}")
+
+
+def _grid(quick: bool):
+    if quick:
+        return [("LSTM", 256, 2, False, 16), ("LSTM", 256, 2, True, 64), ("LSTM", 512, 4, False, 16),
+                ("LSTM", 1024, 2, True, 16)]
+    return [("LSTM", h, l, bi, t) for h in (256, 512, 1024) for l in (2, 4) for bi in (False, True)
+            for t in (16, 64)] + [("GRU", 512, 2, True, 32), ("GRU", 256, 4, False, 64)]
+
+
+def ort_vs_jax(grid, repeats: int, batch: int):
+    import jax
+
+    from jaxlab.serving.onnx_import import compile_single_device, import_onnx, make_rnn_model, ort_session
+    rows = []
+    for cell, h, l, bi, t in grid:
+        model = make_rnn_model(cell, input_size=h, hidden=h, layers=l, bidirectional=bi, seq_len=t, batch=batch)
+        x = {"x": np.random.default_rng(0).normal(size=(t, batch, h)).astype(np.float32)}
+        sess = ort_session(model)
+        names = [o.name for o in sess.get_outputs()]
+        f = compile_single_device(import_onnx(model, expand_rnn=False))
+        ref = dict(zip(names, sess.run(names, x)))
+        out = jax.block_until_ready(f(x))
+        err = max(float(np.max(np.abs(np.asarray(out[k]) - ref[k]))) for k in ref)
+        for _ in range(2):
+            sess.run(names, x); jax.block_until_ready(f(x))
+        to, tj = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter(); sess.run(names, x); to.append(time.perf_counter() - t0)
+            t0 = time.perf_counter(); jax.block_until_ready(f(x)); tj.append(time.perf_counter() - t0)
+        name = f"{cell}-h{h}-l{l}-{'bi' if bi else 'uni'}-T{t}-B{batch}"
+        r = {"model": name, "ort_ms": np.median(to) * 1e3, "jax_ms": np.median(tj) * 1e3, "max_abs_err": err}
+        r["ratio"] = r["jax_ms"] / r["ort_ms"]
+        rows.append(r)
+        print(f"{name:28s} ORT {r['ort_ms']:9.3f} ms   jax(scan) {r['jax_ms']:9.3f} ms   jax/ORT {r['ratio']:5.2f}"
+              f"   max|diff| {err:.1e}", flush=True)
+    return rows
+
+
+def plans(repeats: int):
+    from jaxlab.serving.cost import available_devices
+    from jaxlab.serving.executor import Engine
+    from jaxlab.serving.graph import fuse_light_chains
+    from jaxlab.serving.onnx_import import import_onnx, make_rnn_model
+    from jaxlab.serving.partition import make_problem, plan_latency_optimal, plan_single_device
+    from jaxlab.serving.profiler import calibrate_fusion, profile_graph
+    devs = available_devices()
+    print("devices:", [d.name + (" [EMULATED]" if d.emulated else "") for d in devs])
+    for cell, h, l, bi, t in [("LSTM", 256, 2, True, 16), ("GRU", 256, 2, False, 16)]:
+        model = make_rnn_model(cell, input_size=h, hidden=h, layers=l, bidirectional=bi, seq_len=t, batch=1)
+        x = {"x": np.random.default_rng(0).normal(size=(t, 1, h)).astype(np.float32)}
+        g = fuse_light_chains(import_onnx(model))
+        cm = calibrate_fusion(g, profile_graph(g, devs), devs)
+        pb = make_problem(g, cm)
+        ps = [plan_single_device(pb, d) for d in range(len(devs))] + [plan_latency_optimal(pb, time_budget_s=10)]
+        engines = []
+        for p in ps:
+            e = Engine(g, p, devs, cm)
+            e.warmup(x)
+            engines.append((p, e, []))
+        for _ in range(repeats):
+            for p, e, ts in engines:
+                ts.append(e.run_stream([x])[0][0].latency_s)
+        base = np.median(engines[0][2])
+        for p, e, ts in engines:
+            print(f"{cell}-h{h}-l{l}-{'bi' if bi else 'uni'}-T{t}  {p.name:22s} p50 {np.median(ts) * 1e3:8.3f} ms "
+                  f"(x{np.median(ts) / base:.2f} of cpu-only)  predicted {p.predicted_s * 1e3:8.3f} ms  segments {len(p.segments.segments)}")
+            e.close()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--plans", action="store_true")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=1)
+    a = ap.parse_args()
+    repeats = a.repeats or (10 if a.quick else 20)
+    if a.plans and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+    print("command: python -m benchmarks.chrion " + " ".join(sys.argv[1:]))
+    print(_machine())
+    import jax
+    import onnxruntime
+    print(f"jax {jax.__version__} ({jax.devices()}), onnxruntime {onnxruntime.__version__}")
+    rows = ort_vs_jax(_grid(a.quick), repeats, a.batch)
+    ratios = np.array([r["ratio"] for r in rows])
+    print(f"jax/ORT median-latency ratio: geometric mean {np.exp(np.mean(np.log(ratios))):.2f}, "
+          f"models where jax is no slower: {int(np.sum(ratios <= 1.0))}/{len(rows)}; max |diff| "
+          f"{max(r['max_abs_err'] for r in rows):.1e}")
+    print(_machine())
+    if a.plans:
+        plans(repeats)
+
+
+if __name__ == "__main__":
+    main()
