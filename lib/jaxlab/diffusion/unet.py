@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["UNet2DConfig", "UNet2DModel", "timestep_embedding", "load_diffusers_unet",
-           "torch_to_flax_params", "save_diffusers_unet", "count_params"]
+           "torch_to_flax_params", "save_diffusers_unet", "count_params", "abstract_params"]
 
 _DOWN = ("DownBlock2D", "AttnDownBlock2D")
 _UP = ("UpBlock2D", "AttnUpBlock2D")
