@@ -251,8 +251,8 @@ def _run_model(mcfg, config, devices, wd, step, make_gantt):
 def run(config, workdir) -> dict:
     from jaxlab.utils.workdir import Workdir, markdown_table
 
-    if "jax" not in sys.modules:
-        _ensure_flag(config.host_devices)
+    # XLA_FLAGS is never changed inside a shared process (tour, tests): without enough devices the
+    # run moves to a subprocess; the command-line entry sets the flag before jax is imported.
     if not _devices_ok(config):
         return _run_subprocess(config, workdir)
     from jaxlab.serving.cost import available_devices
