@@ -102,10 +102,11 @@ def _check_f(f, n: int, name: str, need: str):
         raise ValueError(f"{name}: f={f} must be >= 0")
     ok = {"2f<n": 2 * f < n, "2f+2<n": 2 * f + 2 < n, "4f+3<=n": 4 * f + 3 <= n, "f<n": f < n}[need]
     if not ok:
-        raise ValueError(f"{name}: f={f} attackers among n={n} clients violates {need.replace('<=', ' <= ')}; "
+        raise ValueError(f"{name}: f={f} attackers among n={n} clients violates {_READABLE[need]}; "
                          f"the rule has no guarantee there. Use f <= {max_admissible_f(name, n)} or more clients")
 
 
+_READABLE = {"2f<n": "2f < n", "2f+2<n": "2f + 2 < n", "4f+3<=n": "n >= 4f + 3", "f<n": "f < n"}
 _NEED = {"krum": "2f+2<n", "multikrum": "2f+2<n", "bulyan": "4f+3<=n", "median": "2f<n", "trimmed_mean": "2f<n",
          "dnc": "f<n", "fang": "f<n"}
 

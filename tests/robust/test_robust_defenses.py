@@ -1,0 +1,305 @@
+"""Every aggregation rule against an independent float64 NumPy re-derivation, hand-checkable
+cases, invariants, and the bad-input errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from jaxlab.fl.robust import defenses as D
+
+# ---------------------------------------------------------------- float64 numpy references
+
+
+def np_dists(g):
+    return ((g[:, None, :] - g[None, :, :]) ** 2).sum(-1)
+
+
+def np_krum_scores(g, f, rows=None):
+    rows = list(range(len(g))) if rows is None else rows
+    d = np_dists(g)
+    k = len(rows) - f - 2
+    out = {}
+    for i in rows:
+        others = sorted(d[i, j] for j in rows if j != i)
+        out[i] = sum(others[:max(k, 1)])
+    return out
+
+
+def np_krum(g, f):
+    s = np_krum_scores(g, f)
+    return min(s, key=s.get)
+
+
+def np_multikrum(g, f):
+    s = np_krum_scores(g, f)
+    keep = sorted(s, key=s.get)[:len(g) - f]
+    return g[keep].mean(0), set(keep)
+
+
+def np_bulyan(g, f):
+    n = len(g)
+    theta, beta = n - 2 * f, n - 4 * f
+    remaining, chosen = list(range(n)), []
+    for _ in range(theta):
+        s = np_krum_scores(g, f, remaining)
+        i = min(s, key=s.get)
+        chosen.append(i)
+        remaining.remove(i)
+    sel = g[sorted(chosen)]
+    med = np.median(sel, 0)
+    out = np.empty(g.shape[1])
+    for j in range(g.shape[1]):
+        idx = np.argsort(np.abs(sel[:, j] - med[j]), kind="stable")[:beta]
+        out[j] = sel[idx, j].mean()
+    return out, set(chosen)
+
+
+def np_trimmed(g, f):
+    s = np.sort(g, 0)
+    return s[f:len(g) - f].mean(0)
+
+
+def np_geomed(g, w, nu=1e-6, iters=100, ftol=1e-10):
+    w = w / w.sum()
+    z = w @ g
+    obj = np.sum(w * np.linalg.norm(g - z, axis=1))
+    for _ in range(iters):
+        b = w / np.maximum(nu, np.linalg.norm(g - z, axis=1))
+        z = b @ g / b.sum()
+        new = np.sum(w * np.linalg.norm(g - z, axis=1))
+        if abs(obj - new) <= ftol * new:
+            break
+        obj = new
+    return z
+
+
+def np_cclip(g, v, tau, iters):
+    for _ in range(iters):
+        x = g - v
+        nrm = np.linalg.norm(x, axis=1, keepdims=True)
+        v = v + (x * np.minimum(1, tau / nrm)).mean(0)
+    return v
+
+
+def np_fltrust(g, g0):
+    n0 = np.linalg.norm(g0)
+    ts = np.maximum([gi @ g0 / (np.linalg.norm(gi) * n0) for gi in g], 0)
+    coef = ts * n0 / np.linalg.norm(g, axis=1)
+    return (coef[:, None] * g).sum(0) / ts.sum(), ts > 0
+
+
+def np_foolsgold(hist):
+    n = len(hist)
+    cs = np.array([[hist[i] @ hist[j] / (np.linalg.norm(hist[i]) * np.linalg.norm(hist[j])) for j in range(n)]
+                   for i in range(n)]) - np.eye(n)
+    v = cs.max(1)
+    for i in range(n):
+        for j in range(n):
+            if i != j and v[i] < v[j]:
+                cs[i, j] *= v[i] / v[j]
+    a = np.clip(1 - cs.max(1), 0, 1)
+    a = a / a.max()
+    a[a == 1] = 0.99
+    with np.errstate(divide="ignore"):
+        a = np.log(a / (1 - a)) + 0.5
+    a[np.isinf(a) | np.isnan(a)] = 0
+    return np.clip(a, 0, 1)
+
+
+def np_dnc_full(g, f):
+    mu = g.mean(0)
+    c = g - mu
+    v = np.linalg.svd(c, full_matrices=False)[2][0]
+    s = (c @ v) ** 2
+    keep = np.argsort(s)[:len(g) - f]
+    return g[keep].mean(0), set(keep.tolist())
+
+
+@pytest.fixture
+def G():
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(15, 40))
+    g[:3] += rng.normal(scale=4.0, size=(3, 40))  # a few scattered outliers
+    return g
+
+
+def test_mean_matches_weighted_numpy(G):
+    w = np.random.default_rng(1).uniform(0.5, 2, len(G))
+    out = D.fedavg_mean(jnp.asarray(G, jnp.float32), jnp.asarray(w, jnp.float32))
+    np.testing.assert_allclose(out.update, (w @ G) / w.sum(), rtol=1e-5, atol=1e-5)
+
+
+def test_krum_multikrum_bulyan_match_numpy(G):
+    g32 = jnp.asarray(G, jnp.float32)
+    out = D.krum(g32, f=3)
+    assert int(np.argmax(out.benign)) == np_krum(G, 3) and out.benign.sum() == 1
+    np.testing.assert_allclose(out.update, G[np_krum(G, 3)], rtol=1e-6)
+    mk, keep = np_multikrum(G, 3)
+    out = D.multi_krum(g32, f=3)
+    assert set(np.flatnonzero(out.benign)) == keep
+    np.testing.assert_allclose(out.update, mk, rtol=1e-5, atol=1e-5)
+    bu, chosen = np_bulyan(G, 3)
+    out = D.bulyan(g32, f=3)
+    assert set(np.flatnonzero(out.benign)) == chosen
+    np.testing.assert_allclose(out.update, bu, rtol=1e-5, atol=1e-5)
+
+
+def test_median_trimmed_match_numpy(G):
+    g32 = jnp.asarray(G, jnp.float32)
+    np.testing.assert_allclose(D.coordinate_median(g32).update, np.median(G, 0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(D.coordinate_median(g32[:14]).update, np.median(G[:14], 0), rtol=1e-5, atol=1e-6)
+    for f in (0, 1, 4, 7):
+        np.testing.assert_allclose(D.trimmed_mean(g32, f=f).update, np_trimmed(G, f), rtol=1e-5, atol=1e-5)
+
+
+def test_geomed_cclip_fltrust_match_numpy(G):
+    g32 = jnp.asarray(G, jnp.float32)
+    w = np.random.default_rng(2).uniform(0.5, 2, len(G))
+    np.testing.assert_allclose(D.geometric_median(g32, jnp.asarray(w, jnp.float32)).update, np_geomed(G, w),
+                               rtol=1e-3, atol=1e-4)
+    v0 = np.random.default_rng(3).normal(size=40)
+    out, v = D.centered_clipping(g32, None, None, jnp.asarray(v0, jnp.float32), tau=2.0, iters=3)
+    np.testing.assert_allclose(v, np_cclip(G, v0, 2.0, 3), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out.update, v)
+    g0 = G[5:].mean(0)
+    ref, kept = np_fltrust(G, g0)
+    out = D.fltrust(g32, root_update=jnp.asarray(g0, jnp.float32))
+    np.testing.assert_allclose(out.update, ref, rtol=1e-4, atol=1e-5)
+    assert (np.asarray(out.benign) == kept).all()
+
+
+def test_foolsgold_matches_numpy_and_keeps_history(G):
+    g32 = jnp.asarray(G, jnp.float32)
+    prev = np.random.default_rng(4).normal(size=G.shape)
+    out, hist = D.foolsgold(g32, None, None, jnp.asarray(prev, jnp.float32))
+    a = np_foolsgold(prev + G)
+    np.testing.assert_allclose(hist, prev + G, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out.update, (a @ G) / a.sum(), rtol=1e-4, atol=1e-4)
+    assert (np.asarray(out.benign) == (a > 0)).all()
+
+
+def test_foolsgold_zeroes_sybils():
+    rng = np.random.default_rng(5)
+    honest = rng.normal(size=(8, 30))
+    sybil = np.tile(rng.normal(size=(1, 30)), (4, 1)) + 1e-4 * rng.normal(size=(4, 30))
+    out, _ = D.foolsgold(jnp.asarray(np.vstack([honest, sybil]), jnp.float32))
+    assert not np.asarray(out.benign)[8:].any() and np.asarray(out.benign)[:8].all()
+
+
+def test_dnc_matches_numpy_when_all_coordinates_sampled(G):
+    ref, keep = np_dnc_full(G, 3)
+    out = D.dnc(jnp.asarray(G, jnp.float32), key=jax.random.PRNGKey(0), f=3, b=10_000)
+    assert set(np.flatnonzero(out.benign)) == keep
+    np.testing.assert_allclose(out.update, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_flame_matches_numpy_reference():
+    from sklearn.cluster import HDBSCAN
+
+    rng = np.random.default_rng(6)
+    base = rng.normal(size=30)
+    honest = base + 0.3 * rng.normal(size=(9, 30))
+    bad = -3 * base + 0.1 * rng.normal(size=(3, 30))
+    g = np.vstack([honest, bad])
+    nrm = np.linalg.norm(g, axis=1)
+    u = g / nrm[:, None]
+    dist = np.maximum(1 - u @ u.T, 0)
+    np.fill_diagonal(dist, 0)
+    lab = HDBSCAN(metric="precomputed", min_cluster_size=7, min_samples=1, allow_single_cluster=True,
+                  copy=True).fit_predict(dist)
+    big = np.bincount(lab[lab >= 0]).argmax()
+    keep = lab == big
+    s = np.median(nrm)
+    ref = (g * np.minimum(1, s / nrm)[:, None])[keep].mean(0)
+    out = D.flame(jnp.asarray(g, jnp.float32), key=None)
+    assert (np.asarray(out.benign) == keep).all() and not keep[9:].any()
+    np.testing.assert_allclose(out.update, ref, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- hand-checkable cases
+
+def test_krum_picks_planted_honest_cluster():
+    rng = np.random.default_rng(7)
+    honest = 1.0 + 0.01 * rng.normal(size=(7, 20))
+    attackers = rng.normal(scale=10.0, size=(3, 20))
+    g = jnp.asarray(np.vstack([attackers, honest]), jnp.float32)
+    out = D.krum(g, f=3)
+    assert 3 <= int(np.argmax(out.benign)) < 10
+    mk = D.multi_krum(g, f=3)
+    assert set(np.flatnonzero(mk.benign)) == set(range(3, 10))
+
+
+def test_median_and_trimmed_mean_ignore_f_outliers():
+    rng = np.random.default_rng(8)
+    honest = rng.uniform(-1, 1, size=(9, 25))
+    outl = np.full((4, 25), 1e6)
+    g = jnp.asarray(np.vstack([honest, outl]), jnp.float32)
+    for agg in (D.coordinate_median(g).update, D.trimmed_mean(g, f=4).update, D.bulyan(jnp.asarray(np.vstack([honest[:7], outl[:1]]), jnp.float32), f=1).update):
+        assert np.all(np.abs(np.asarray(agg)) <= 1.0)
+
+
+# ---------------------------------------------------------------- invariants
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 10_000), shift=st.floats(-5, 5))
+def test_translation_equivariance_and_permutation_invariance(seed, shift):
+    rng = np.random.default_rng(seed)
+    g = rng.normal(size=(11, 13)).astype(np.float32)
+    perm = rng.permutation(11)
+    for fn in (lambda x: D.coordinate_median(x), lambda x: D.trimmed_mean(x, f=3), lambda x: D.krum(x, f=3)):
+        a = np.asarray(fn(jnp.asarray(g)).update)
+        np.testing.assert_allclose(fn(jnp.asarray(g + shift)).update, a + shift, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(fn(jnp.asarray(g[perm])).update, a, rtol=1e-5, atol=1e-5)
+
+
+def test_jit_matches_eager_and_nonfinite_rows_are_flagged_inside_jit(G):
+    """One compiled function per rule: equal to the eager call on clean input; on input with a NaN
+    row it neither raises nor propagates the NaN, and the row is not kept."""
+    g = jnp.asarray(G, jnp.float32)
+    w = jnp.full((15,), 1 / 15)
+    ctx = {"root_update": g[5:].mean(0), "ids": jnp.arange(15)}
+    bad = np.array(G, np.float32)
+    bad[4] = np.nan
+    for name in D.DEFENSES:
+        agg = D.make_aggregator(name, f=3)
+        e, _ = agg.apply(g, w, jax.random.PRNGKey(1), agg.init(15, 40), ctx)
+        jf = jax.jit(lambda g, w, k, s: agg.apply(g, w, k, s, ctx))
+        j, _ = jf(g, w, jax.random.PRNGKey(1), agg.init(15, 40))
+        np.testing.assert_allclose(e.update, j.update, rtol=1e-4, atol=1e-5, err_msg=name)
+        out, _ = jf(jnp.asarray(bad), w, jax.random.PRNGKey(1), agg.init(15, 40))
+        assert np.isfinite(np.asarray(out.update)).all(), name
+        if agg.selects or name == "fedavg":
+            assert not bool(out.benign[4]), name
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_bad_inputs_raise_one_clear_error(G):
+    g = jnp.asarray(G, jnp.float32)
+    with pytest.raises(ValueError, match="2f < n"):
+        D.coordinate_median(g, f=8)
+    with pytest.raises(ValueError, match="2f < n"):
+        D.trimmed_mean(g, f=8)
+    with pytest.raises(ValueError, match="2f \\+ 2 < n"):
+        D.krum(g, f=7)
+    with pytest.raises(ValueError, match="4f \\+ 3"):
+        D.bulyan(g, f=4)  # 15 < 4*4+3
+    with pytest.raises(ValueError, match="weights"):
+        D.fedavg_mean(g, jnp.ones(14))
+    with pytest.raises(ValueError, match="n_clients, n_params"):
+        D.coordinate_median(g[0])
+    with pytest.raises(ValueError, match="root_update"):
+        D.fltrust(g, root_update=jnp.ones(39))
+    with pytest.raises(TypeError, match="int"):
+        D.krum(g, f=1.5)
+    with pytest.raises(ValueError, match="unknown defense"):
+        D.make_aggregator("krumm")
+    bad = np.array(G, np.float32)
+    bad[4, 2] = np.nan
+    bad[9, 0] = np.inf
+    for name in D.DEFENSES:
+        agg = D.make_aggregator(name, f=3)
+        with pytest.raises(ValueError, match=r"rows \[4, 9\]"):
+            agg.apply(jnp.asarray(bad), None, jax.random.PRNGKey(0), agg.init(15, 40), {"root_update": g.mean(0)})
