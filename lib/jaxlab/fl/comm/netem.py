@@ -352,7 +352,11 @@ def spawn_federation(cfg: dict, run_dir: str, backend: str = "netns", events: li
         server = procs[-1]
         t_start = time.monotonic()
         event_log = []
+        killed: set[int] = set()
         while server.poll() is None:
+            crashed = [i for i, p in enumerate(procs) if i not in killed and p.poll() not in (None, 0)]
+            if crashed:
+                raise RuntimeError(f"node(s) {crashed} crashed; see {run_dir}/node<i>.log and node<i>.stderr")
             if time.monotonic() - t_start > timeout_s:
                 raise TimeoutError(f"federation did not finish within {timeout_s} s (logs in {run_dir})")
             done_rounds = _count_lines(cfg["out"])
@@ -363,6 +367,7 @@ def spawn_federation(cfg: dict, run_dir: str, backend: str = "netns", events: li
                     if time.monotonic() - ev["_t"] >= float(ev.get("after_s", 0.0)):
                         c = int(ev["node"])
                         if ev["kind"] == "kill":
+                            killed.add(c)
                             os.killpg(procs[c].pid, signal.SIGKILL)
                         elif ev["kind"] == "link_down":
                             s = cfg["n_clients"]

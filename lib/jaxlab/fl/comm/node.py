@@ -63,7 +63,8 @@ from jaxlab.fl.comm import coding, field
 from jaxlab.fl.comm.redundancy import init_redundancy, update_redundancy
 from jaxlab.fl.comm.wire import Frame, FrameError, FrameType as T, Limits, encode_frame, frame_size, read_frame
 
-__all__ = ["Node", "ServerNode", "ClientNode", "TokenBucket", "run_node", "run_inprocess", "main"]
+__all__ = ["Node", "ServerNode", "ClientNode", "TokenBucket", "run_node", "run_inprocess", "kill_hook", "main",
+           "shrink_client_set"]
 
 CHUNK_BYTES = 64 << 10
 
@@ -271,6 +272,10 @@ class Node:
                         self.dropped_frames["no_hello"] += 1
                         self.log.warning("connection did not start with HELLO; closing")
                         break
+                    if fr.sender in self.inbound_ok or fr.sender == self.id:
+                        self.dropped_frames["duplicate_hello"] += 1
+                        self.log.warning("second HELLO claiming node %d; closing that connection", fr.sender)
+                        break
                     who = fr.sender
                     self.inbound_ok.add(who)
                     self.on_hello(fr)
@@ -288,6 +293,8 @@ class Node:
             self.log.warning("connection from %s broke: %s", who, e)
         finally:
             writer.close()
+            if who is not None:
+                self.inbound_ok.discard(who)
             if who is not None and not self.stop_event.is_set():
                 self.log.warning("node %d disconnected", who)
                 self.on_peer_dead(who)
@@ -400,6 +407,12 @@ class ClientNode(Node):
         for pid, p in self.peers.items():
             p.producers.append(self._download_producer(pid))
             p.producers.append(self._upload_producer(pid))
+
+    def on_peer_dead(self, pid: int) -> None:
+        super().on_peer_dead(pid)
+        if pid == self.server_id:
+            self.log.warning("lost the server; leaving the federation")
+            self.stop_event.set()
 
     def state(self, rnd: int) -> ClientRound:
         st = self.rounds.get(rnd)
@@ -943,27 +956,39 @@ def run_node(cfg: dict, node_id: int):
     return asyncio.run(node.run())
 
 
-async def _run_all(cfg: dict, kill: dict | None):
+async def _run_all(cfg: dict, hooks) -> list[dict]:
     nodes = [make_node(cfg, i) for i in range(int(cfg["n_clients"]) + 1)]
     tasks = [asyncio.create_task(nd.run()) for nd in nodes]
-    if kill:  # test hook: crash a client mid-round (its sockets close, as when a process dies)
-        victim = nodes[int(kill["node"])]
-        server = nodes[-1]
-        while len(server.metrics) < int(kill.get("round", 0)):
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(float(kill.get("after_s", 0.0)))
-        tasks[int(kill["node"])].cancel()
-        victim.stop_event.set()
-        await victim.close()
+    extra = [asyncio.create_task(h(nodes, tasks)) for h in hooks]
     res = await asyncio.gather(*tasks, return_exceptions=True)
+    for t in extra:
+        t.cancel()
     return res[-1]
 
 
-def run_inprocess(cfg: dict, kill: dict | None = None) -> list[dict]:
-    """All nodes as asyncio tasks of one process over loopback (tests, notebook)."""
+def kill_hook(node: int, round: int, after_s: float = 0.0):
+    """Test hook for :func:`run_inprocess`: crash client ``node`` once round ``round`` has started
+    (its sockets close, as when a process dies)."""
+    async def hook(nodes, tasks):
+        server = nodes[-1]
+        while len(server.metrics) < round:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(after_s)
+        tasks[node].cancel()
+        nodes[node].stop_event.set()
+        await nodes[node].close()
+    return hook
+
+
+def run_inprocess(cfg: dict, hooks=()) -> list[dict]:
+    """All nodes as asyncio tasks of one process over loopback (tests, notebook).
+
+    ``hooks``: coroutine functions ``hook(nodes, tasks)`` run beside the federation (fault
+    injection in tests). Returns the server's per-round metrics.
+    """
     for i in range(int(cfg["n_clients"]) + 1):
         setup_logging(cfg.get("log_dir") and os.path.join(cfg["log_dir"], f"node{i}.log"), i)
-    out = asyncio.run(_run_all(cfg, kill))
+    out = asyncio.run(_run_all(cfg, list(hooks)))
     if isinstance(out, BaseException):
         raise out
     return out
