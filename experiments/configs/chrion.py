@@ -39,6 +39,9 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     c.exact = ml_collections.ConfigDict(dict(random_graphs=6, nodes=9, time_limit_s=30.0,
                                              model_seq_len=2, model_hidden=8))
     if preset == "quick":
+        c.search_time_s = 4.0
+        c.calibration_max_ops = 16
+        c.runs = 12
         c.models = [_model("LSTM", 256, 2, True, 16, batch=1), _model("GRU", 256, 2, False, 16, batch=1)]
     else:
         c.models = [_model(cell, h, l, bi, t)
