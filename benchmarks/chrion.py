@@ -3,6 +3,7 @@
     python -m benchmarks.chrion                 # LSTM grid of the spec (hidden 256-1024, 2-4 layers, uni/bi, T 16/64)
     python -m benchmarks.chrion --quick         # 4 models, fewer repeats
     python -m benchmarks.chrion --plans         # also: engine plans on [cpu, emulated accelerator]
+    python -m benchmarks.chrion --single-thread # ORT intra_op_num_threads=1 vs XLA without Eigen threads
 
 For every model: ONNX Runtime CPUExecutionProvider (default threads) and ``compile_single_device``
 (the whole model as one jitted function, each RNN node a lax.scan over time) run the same inputs,
@@ -40,7 +41,7 @@ def _grid(quick: bool):
             for t in (16, 64)] + [("GRU", 512, 2, True, 32), ("GRU", 256, 4, False, 64)]
 
 
-def ort_vs_jax(grid, repeats: int, batch: int):
+def ort_vs_jax(grid, repeats: int, batch: int, ort_threads: int = 0):
     import jax
 
     from jaxlab.serving.onnx_import import compile_single_device, import_onnx, make_rnn_model, ort_session
@@ -48,7 +49,7 @@ def ort_vs_jax(grid, repeats: int, batch: int):
     for cell, h, l, bi, t in grid:
         model = make_rnn_model(cell, input_size=h, hidden=h, layers=l, bidirectional=bi, seq_len=t, batch=batch)
         x = {"x": np.random.default_rng(0).normal(size=(t, batch, h)).astype(np.float32)}
-        sess = ort_session(model)
+        sess = ort_session(model, threads=ort_threads)
         names = [o.name for o in sess.get_outputs()]
         f = compile_single_device(import_onnx(model, expand_rnn=False))
         ref = dict(zip(names, sess.run(names, x)))
@@ -106,7 +107,11 @@ def main():
     ap.add_argument("--plans", action="store_true")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--single-thread", action="store_true",
+                    help="both runtimes on one thread (a fairer match on a shared, overloaded machine)")
     a = ap.parse_args()
+    if a.single_thread:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
     repeats = a.repeats or (10 if a.quick else 20)
     if a.plans and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
@@ -115,7 +120,8 @@ def main():
     import jax
     import onnxruntime
     print(f"jax {jax.__version__} ({jax.devices()}), onnxruntime {onnxruntime.__version__}")
-    rows = ort_vs_jax(_grid(a.quick), repeats, a.batch)
+    print("threads:", "ORT 1 / XLA no Eigen thread pool" if a.single_thread else "ORT default / XLA default")
+    rows = ort_vs_jax(_grid(a.quick), repeats, a.batch, ort_threads=1 if a.single_thread else 0)
     ratios = np.array([r["ratio"] for r in rows])
     print(f"jax/ORT median-latency ratio: geometric mean {np.exp(np.mean(np.log(ratios))):.2f}, "
           f"models where jax is no slower: {int(np.sum(ratios <= 1.0))}/{len(rows)}; max |diff| "

@@ -159,7 +159,7 @@ def _run_model(mcfg, config, devices, wd, step, make_gantt):
     t0 = time.perf_counter()
     g = fuse_light_chains(import_onnx(model))
     cm = profile_graph(g, devices, repeats=config.profile_repeats)
-    cm = calibrate_fusion(g, cm, devices, max_ops=config.calibration_max_ops)
+    cm = calibrate_fusion(g, cm, devices, max_ops=config.calibration_max_ops, samples=config.calibration_samples)
     t_profile = time.perf_counter() - t0
     pb = make_problem(g, cm)
     singles = [plan_single_device(pb, d) for d in range(len(devices))]
@@ -258,6 +258,7 @@ def run(config, workdir) -> dict:
     from jaxlab.serving.cost import available_devices
 
     wd = Workdir(workdir)
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     devices = available_devices(True, **config.emulate.to_dict())
     emulated = any(d.emulated for d in devices)
     wd.write_config(config, devices=[d.name + (" [emulated]" if d.emulated else "") for d in devices])
@@ -291,6 +292,9 @@ def run(config, workdir) -> dict:
         "heft_gap_mean_pct": float(np.mean([r["heft_gap_pct"] for r in gap_rows])),
         "latency_opt_vs_cpu_only_p50": float(np.mean([a["p50_ms"] / c["p50_ms"] for a, c in zip(lat, cpu)])),
         "label": label,
+        # The machine is shared: timings are only as good as its load (1-minute load average).
+        "load_average_start_end": [load_start, os.getloadavg()[0] if hasattr(os, "getloadavg") else None],
+        "cpu_count": os.cpu_count(),
     }
     if len(devices) > 1:
         acc = by(devices[-1].name + "-only")

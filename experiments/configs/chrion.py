@@ -29,6 +29,7 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
                                                link_alpha_s=10e-6, link_beta_Bps=12e9))
     c.profile_repeats = 10
     c.calibration_max_ops = 24
+    c.calibration_samples = 6
     c.search_time_s = 6.0
     c.search_evals = 1500
     c.runs = 15                     # requests per plan for p50/p99 (interleaved across plans)
@@ -39,9 +40,12 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     c.exact = ml_collections.ConfigDict(dict(random_graphs=6, nodes=9, time_limit_s=30.0,
                                              model_seq_len=2, model_hidden=8))
     if preset == "quick":
-        c.search_time_s = 4.0
-        c.calibration_max_ops = 16
+        c.search_time_s = 3.0
+        c.calibration_max_ops = 12
+        c.calibration_samples = 4
+        c.profile_repeats = 7
         c.runs = 12
+        c.exact.random_graphs = 4
         c.models = [_model("LSTM", 256, 2, True, 16, batch=1), _model("GRU", 256, 2, False, 16, batch=1)]
     else:
         c.models = [_model(cell, h, l, bi, t)
