@@ -7,10 +7,11 @@ from jaxlab.models import get_model
 from jaxlab.models.layers import Conv
 
 
-@pytest.mark.parametrize("stride,padding", [((1, 1), "VALID"), ((2, 2), 1), ((1, 1), "SAME")])
-def test_patch_conv_equals_xla_conv(stride, padding):
+@pytest.mark.parametrize("impl", ["im2col", "patches"])
+@pytest.mark.parametrize("stride,padding", [((1, 1), "VALID"), ((2, 2), 1), ((1, 1), "SAME"), ((2, 2), "SAME")])
+def test_fast_conv_equals_xla_conv(stride, padding, impl):
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 11, 11, 4))
-    a = Conv(6, (3, 3), stride, padding, impl="patches")
+    a = Conv(6, (3, 3), stride, padding, impl=impl)
     b = Conv(6, (3, 3), stride, padding, impl="xla")
     v = a.init(jax.random.PRNGKey(1), x)
     np.testing.assert_allclose(a.apply(v, x), b.apply(v, x), rtol=1e-4, atol=1e-5)
@@ -67,3 +68,12 @@ def test_unknown_model():
         get_model("vgg99", 10)
     with pytest.raises(ValueError, match="vocab_size"):
         get_model("fasttext", 10)
+
+
+def test_reshape_max_pool_equals_flax_max_pool():
+    from flax import linen as nn
+
+    from jaxlab.models.layers import max_pool
+
+    y = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 10, 3))
+    np.testing.assert_array_equal(max_pool(y), nn.max_pool(y, (2, 2), (2, 2)))
