@@ -58,7 +58,7 @@ def _task_spec(config) -> dict:
     raise ValueError(f"config.task={config.task!r}: use 'digits_mlp' or 'jaxlab_fedavg'")
 
 
-def _scenario(config, name: str):
+def _scenario(config, name: str, wd: Workdir | None = None):
     """(links, trace, events) for a named scenario."""
     n = config.n_clients
     wan = netem.wan_links(n, config.server_mbit, tuple(config.c2c_mbit), config.server_delay_ms,
@@ -68,8 +68,14 @@ def _scenario(config, name: str):
     if name == "homogeneous":
         return netem.homogeneous_links(n, config.homogeneous_mbit, config.homogeneous_delay_ms), [], []
     if name == "trace":
-        trace = netem.load_trace(config.trace_file) if config.trace_file else builtin_trace(n, 4.0, config.seed)
-        return wan, trace, []
+        path = config.trace_file
+        if not path:  # write the built-in trace as a file, so the run goes through the trace reader
+            path = wd.file("trace.csv")
+            with open(path, "w") as f:
+                f.write("t_s,src,dst,rate_mbit\n")
+                for r in builtin_trace(n, 4.0, config.seed):
+                    f.write(f"{r['t']},{r['src']},{r['dst']},{r['rate_mbit']}\n")
+        return wan, netem.load_trace(path), []
     if name == "link_drop":  # client 3's link to the server dies 0.5 s into round 2
         return wan, [], [{"kind": "link_down", "node": min(3, n - 1), "round": min(2, config.rounds - 1), "after_s": 0.5}]
     if name == "kill":  # client 5 is SIGKILLed 1 s into round 2
@@ -180,7 +186,7 @@ def run(config, workdir) -> dict:
     step = 0
     scenarios = list(config.scenarios)
     for sc in scenarios:
-        links, trace, events = _scenario(config, sc)
+        links, trace, events = _scenario(config, sc, wd)
         results[sc] = {}
         for mode in ("fedcod", "star"):
             cfg = netem.federation_config(

@@ -147,3 +147,22 @@ def test_netns_htb_link_is_shaped_and_torn_down():
         assert 12.0 < mbit < 22.0, mbit  # 20 Mbit/s htb class (TCP + timing overheads)
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert net.prefix not in names
+
+
+def test_jaxlab_engine_fedavg_rounds_identical_through_fedcod_and_star():
+    pytest.importorskip("jaxlab.fl.algorithms.fedavg", reason="the jaxlab federated engine is not installed")
+    task = {"kind": "jaxlab_fedavg", "n_clients": 2, "seed": 0, "lr": 0.05}
+    rows = {m: run_inprocess(_cfg(m, rounds=2, n=2, task=task)) for m in ("fedcod", "star")}
+    assert [r["global_sha"] for r in rows["fedcod"]] == [r["global_sha"] for r in rows["star"]]
+    assert all(r["ok"] and r["replicas_in_sync"] for m in rows for r in rows[m])
+    assert rows["fedcod"][-1]["accuracy"] > 0.5  # FedAvg on digits learns within two rounds
+
+
+def test_trace_file_parsing(tmp_path):
+    p = tmp_path / "trace.csv"
+    p.write_text("t_s,src,dst,rate_mbit\n2.0,0,1,5\n# comment\n1.0,1,0,75.5\n")
+    rows = netem.load_trace(str(p))
+    assert rows == [{"t": 1.0, "src": 1, "dst": 0, "rate_mbit": 75.5}, {"t": 2.0, "src": 0, "dst": 1, "rate_mbit": 5.0}]
+    p.write_text("1.0,0,1,0\n")
+    with pytest.raises(ValueError, match="rate_mbit > 0"):
+        netem.load_trace(str(p))

@@ -939,14 +939,14 @@ def setup_logging(path: str | None, node_id: int) -> None:
     h.setFormatter(logging.Formatter(f"%(asctime)s node{node_id} %(levelname)s %(message)s"))
     lg = logging.getLogger(f"fedcod.node{node_id}")
     lg.handlers[:] = [h]
-    lg.setLevel(logging.INFO)
+    lg.setLevel(logging.INFO if path else logging.WARNING)  # no log file: only problems, on stderr
     lg.propagate = False
 
 
-def make_node(cfg: dict, node_id: int):
+def make_node(cfg: dict, node_id: int, task=None):
     from jaxlab.fl.comm.fedavg_wire import make_task
 
-    task = make_task(cfg["task"])
+    task = make_task(cfg["task"]) if task is None else task
     return (ServerNode if int(node_id) == int(cfg["n_clients"]) else ClientNode)(cfg, node_id, task)
 
 
@@ -957,7 +957,10 @@ def run_node(cfg: dict, node_id: int):
 
 
 async def _run_all(cfg: dict, hooks) -> list[dict]:
-    nodes = [make_node(cfg, i) for i in range(int(cfg["n_clients"]) + 1)]
+    from jaxlab.fl.comm.fedavg_wire import make_task
+
+    task = make_task(cfg["task"])  # tasks are read-only after construction: one for all nodes
+    nodes = [make_node(cfg, i, task) for i in range(int(cfg["n_clients"]) + 1)]
     tasks = [asyncio.create_task(nd.run()) for nd in nodes]
     extra = [asyncio.create_task(h(nodes, tasks)) for h in hooks]
     res = await asyncio.gather(*tasks, return_exceptions=True)
@@ -988,7 +991,18 @@ def run_inprocess(cfg: dict, hooks=()) -> list[dict]:
     """
     for i in range(int(cfg["n_clients"]) + 1):
         setup_logging(cfg.get("log_dir") and os.path.join(cfg["log_dir"], f"node{i}.log"), i)
-    out = asyncio.run(_run_all(cfg, list(hooks)))
+    try:
+        asyncio.get_running_loop()
+        in_loop = True  # e.g. a Jupyter kernel: run the federation's loop in a worker thread
+    except RuntimeError:
+        in_loop = False
+    if in_loop:
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            out = ex.submit(asyncio.run, _run_all(cfg, list(hooks))).result()
+    else:
+        out = asyncio.run(_run_all(cfg, list(hooks)))
     if isinstance(out, BaseException):
         raise out
     return out
