@@ -64,6 +64,9 @@ def run_tour(workdir: str, only: list[str] | None = None) -> list[dict]:
 
 def main(argv):
     del argv
+    from jaxlab.utils.experiment import quiet_library_logs
+
+    quiet_library_logs()
     rows = run_tour(flags.FLAGS.workdir, flags.FLAGS.only)
     if any(r["status"] != "ok" for r in rows):
         sys.exit(1)

@@ -16,13 +16,20 @@ import os
 import sys
 from typing import Callable
 
-__all__ = ["cli", "repo_root"]
+__all__ = ["cli", "repo_root", "quiet_library_logs"]
 
 
 def repo_root() -> str:
     """The folder that holds ``experiments/`` (the repository root in a checkout)."""
     here = os.path.dirname(os.path.abspath(__file__))
     return os.path.abspath(os.path.join(here, "..", "..", ".."))
+
+
+def quiet_library_logs() -> None:
+    """Orbax logs every checkpoint step at INFO through absl; keep the terminal for progress bars."""
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)
 
 
 def cli(run: Callable, name: str) -> None:
@@ -37,6 +44,7 @@ def cli(run: Callable, name: str) -> None:
 
     def main(argv):
         del argv
+        quiet_library_logs()
         cfg = flags.FLAGS.config
         summary = run(cfg, flags.FLAGS.workdir)
         if summary is not None:
