@@ -203,3 +203,27 @@ def test_device_model_additive_and_interaction_closed_form():
     assert d0.iteration_cost(layers).joules == pytest.approx(sum(e) + 2e-3, rel=1e-12)
     d1 = d0._replace(gamma=0.3)
     assert d1.iteration_cost(layers).joules == pytest.approx(sum(e) + 2e-3 + 0.3 * math.sqrt(e[0] * e[1]), rel=1e-12)
+
+
+def test_measure_interleaved_orders_and_medians():
+    import time
+
+    log = []
+
+    def make(delay, tag):
+        def step(s):
+            log.append(tag)
+            time.sleep(delay)
+            return s
+        return step
+
+    st = []
+    ms = M.measure_interleaved(M.wallclock_meter(), [make(0.001, "a"), make(0.004, "b")], [0, 0], warmup=1,
+                               windows=3, min_window_s=0.004, stats=st)
+    assert ms[0].seconds < ms[1].seconds and 0.0009 < ms[0].seconds < 0.01 and 0.0039 < ms[1].seconds < 0.03
+    timed = log[log.index("b", 4):]  # after warm-up/calibration of both, windows alternate a, b, a, b ...
+    runs = [k for i, k in enumerate(timed) if i == 0 or timed[i - 1] != k]
+    assert runs[:4] == ["a", "b", "a", "b"] or runs[:4] == ["b", "a", "b", "a"]
+    assert [len(s["windows_s"]) for s in st] == [3, 3]
+    with pytest.raises(ValueError, match="states"):
+        M.measure_interleaved(M.wallclock_meter(), [make(0, "a")], [0, 0])

@@ -9,12 +9,14 @@ Model [paper: Matérn nu = 2.5; the rest is our choice, following systems.md's p
 * Kernel: tinygp's ``Matern52`` uses the **L1** distance by default; THOR's kernel is the
   standard (Euclidean) Matérn-5/2, so we pass ``distance=L2Distance()`` explicitly. ARD through
   ``transforms.Linear(1 / l, ...)`` with one length scale per feature.
-* Mean: a linear function of the log features [our choice]. Costs are close to power laws in the
-  layer sizes (``flops ~ B*H*W*Cin*Cout*k^2``), i.e. linear in log space, so the linear mean
-  extrapolates to bigger layers and the GP models the residual (cache, vectorisation effects).
-  A small ridge penalty on ``w`` keeps it stable with few points.
+* Mean: a linear function of chosen log features [our choice; THOR uses log FLOPs and log bytes].
+  Costs are close to power laws in the layer sizes, i.e. linear in log space, so the linear mean
+  extrapolates to bigger layers and the GP models the residual (cache, vectorisation, launch
+  effects). A small ridge penalty on ``w`` keeps it stable with few points.
 * Hyperparameters (log a, log l [D], log s, b, w) maximise the log marginal likelihood with
   optax Adam through JAX gradients (one jitted ``lax.scan``).
+* Noise: a homoscedastic term plus, when ``context`` is given, a heteroscedastic term for the
+  subtraction (see :func:`fit_gp`).
 * Floor: subtraction of noisy measurements can give a non-positive layer cost (a layer XLA
   fused away, or noise); it is floored at ``floor_frac`` x the median positive cost of that kind
   before the log [our choice].
@@ -28,20 +30,21 @@ Predictions are in natural-log cost space: ``mean_log, var_log`` (latent, withou
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
-__all__ = ["LayerGP", "fit_gp", "predict_gp", "gp_kernel", "PAD_VARIANCE"]
+__all__ = ["LayerGP", "fit_gp", "predict_gp", "gp_kernel", "PAD_VARIANCE", "D_MAX"]
 
 PAD_VARIANCE = 1e6
+D_MAX = 10  # features are zero-padded to this many columns (the most of any layer kind)
 
 
 class LayerGP(NamedTuple):
     """A fitted GP for one layer kind. Arrays are numpy; ``params`` a dict of numpy arrays."""
 
     kind: str
-    X: np.ndarray  # [n_pad, D] standardised log features
+    X: np.ndarray  # [n_pad, D_MAX] standardised log features (zero-padded columns)
     z: np.ndarray  # [n_pad] standardised log targets
     diag: np.ndarray  # [n_pad] 0 for real points, PAD_VARIANCE for padding
     x_mu: np.ndarray
@@ -68,9 +71,10 @@ def _gp(params, X, diag):
     from tinygp import GaussianProcess
 
     def mean(x):
-        return params["b"] + jnp.dot(x, params["w"])
+        return params["b"] + jnp.dot(x, params["w"] * params["mean_mask"])
 
-    return GaussianProcess(gp_kernel(params), X, diag=diag + jnp.exp(2.0 * params["log_noise"]) + 1e-6, mean=mean)
+    noise = jnp.exp(2.0 * params["log_noise"]) + jnp.exp(2.0 * params["log_rel"]) * params["rsq"] + 1e-6
+    return GaussianProcess(gp_kernel(params), X, diag=diag + noise, mean=mean)
 
 
 _FIT_CACHE: dict = {}
@@ -95,7 +99,7 @@ def _fit_fn(steps: int, lr: float, ridge: float):
 
     def nll(params, X, z, diag, n):
         lp = _gp(params, X, diag).log_probability(z)
-        return -lp / n + ridge * jnp.sum(params["w"] ** 2)
+        return -lp / n + ridge * jnp.sum((params["w"] * params["mean_mask"]) ** 2)
 
     @jax.jit
     def fit(params, X, z, diag, n):
@@ -105,8 +109,9 @@ def _fit_fn(steps: int, lr: float, ridge: float):
             upd, s = opt.update(g, s, p)
             p = optax.apply_updates(p, upd)
             # keep the noise and length scales in a sane range (standardised inputs/targets)
-            p = dict(p, log_noise=jnp.clip(p["log_noise"], jnp.log(1e-3), jnp.log(1.0)),
-                     log_ls=jnp.clip(p["log_ls"], jnp.log(0.05), jnp.log(100.0)))
+            p = dict(p, mean_mask=params["mean_mask"], rsq=params["rsq"], log_noise=jnp.clip(p["log_noise"], jnp.log(1e-3), jnp.log(1.0)),
+                     log_ls=jnp.clip(p["log_ls"], jnp.log(0.05), jnp.log(100.0)),
+                     log_rel=jnp.clip(p["log_rel"], jnp.log(1e-4), jnp.log(1.0)))
             return (p, s), loss
 
         (p, _), losses = jax.lax.scan(body, (params, opt.init(params)), None, length=steps)
@@ -120,15 +125,26 @@ def _pad_size(n: int) -> int:
     return max(16, 1 << (n - 1).bit_length())
 
 
-def fit_gp(kind: str, features: np.ndarray, costs: np.ndarray, *, steps: int = 300, lr: float = 0.05,
-           ridge: float = 1e-2, floor_frac: float = 0.05) -> LayerGP:
-    """Fits one GP. features: [n, D] positive raw features; costs: [n] (joules or seconds)."""
+def fit_gp(kind: str, features: np.ndarray, costs: np.ndarray, *, context: np.ndarray | None = None,
+           mean_cols: Sequence[int] | None = None, steps: int = 300, lr: float = 0.05, ridge: float = 1e-2,
+           floor_frac: float = 0.05) -> LayerGP:
+    """Fits one GP. features: [n, D] positive raw features (D <= 10); costs: [n] (joules or seconds).
+
+    context: [n] the size of the measurements each cost was subtracted from (THOR: c_{i-1} + c_i).
+    When given, point i gets extra noise variance ``r^2 * (context_i / cost_i)^2`` in log space
+    with a learnt relative measurement noise ``r`` [our choice: heteroscedastic subtraction
+    noise]: a small layer subtracted from two big variants is mostly noise and is down-weighted.
+    mean_cols: feature columns the linear mean uses (default: all). THOR passes the FLOPs and
+    bytes columns: a mean over all (collinear) features extrapolates wildly with few points.
+    """
     import jax.numpy as jnp
 
     F = np.asarray(features, dtype=np.float64)
     c = np.asarray(costs, dtype=np.float64)
     if F.ndim != 2 or c.shape != (F.shape[0],):
         raise ValueError(f"features {F.shape} must be [n, D] and costs {c.shape} must be [n]")
+    if F.shape[1] > D_MAX:
+        raise ValueError(f"kind {kind!r}: {F.shape[1]} features; at most {D_MAX} are supported")
     if F.shape[0] < 2:
         raise ValueError(f"kind {kind!r}: {F.shape[0]} sample(s); a GP needs >= 2 (profile more chains with this layer kind)")
     if np.any(F <= 0) or not np.all(np.isfinite(F)):
@@ -145,17 +161,31 @@ def fit_gp(kind: str, features: np.ndarray, costs: np.ndarray, *, steps: int = 3
     X = (L - x_mu) / x_sd
     z = (y - y_mu) / y_sd
     n, d = X.shape
-    # initial linear mean by ridge least squares: a good start for Adam
-    A = np.concatenate([np.ones((n, 1)), X], 1)
-    coef = np.linalg.solve(A.T @ A + 1e-1 * np.eye(d + 1), A.T @ z)
+    cols = list(range(d)) if mean_cols is None else [int(i) for i in mean_cols]
+    mask = np.zeros(D_MAX)
+    mask[cols] = 1.0
+    # initial linear mean by ridge least squares on the mean columns: a good start for Adam
+    A = np.concatenate([np.ones((n, 1)), X[:, cols]], 1)
+    coef = np.linalg.solve(A.T @ A + 1e-1 * np.eye(len(cols) + 1), A.T @ z)
+    w0 = np.zeros(D_MAX)
+    w0[cols] = coef[1:]
+    # pad points to a power of two and features to D_MAX zero columns (no effect on the kernel or
+    # the mean), so every kind and most active-learning rounds share one compiled fit
     m = _pad_size(n)
-    Xp = np.zeros((m, d)); Xp[:n] = X
+    Xp = np.zeros((m, D_MAX)); Xp[:n, :d] = X
     zp = np.zeros(m); zp[:n] = z
     diag = np.full(m, PAD_VARIANCE); diag[:n] = 0.0
+    rsq = np.zeros(m)
+    if context is not None:
+        ctx = np.asarray(context, np.float64)
+        if ctx.shape != c.shape or np.any(ctx < 0):
+            raise ValueError(f"context {ctx.shape} must be [n] = {c.shape} and >= 0")
+        rsq[:n] = (ctx / np.maximum(c, floor)) ** 2 / y_sd ** 2
     fit = _fit_fn(int(steps), float(lr), float(ridge))
     with _x64():
-        params = {"log_amp": jnp.asarray(np.log(0.5)), "log_ls": jnp.zeros(d, jnp.float64),
-                  "log_noise": jnp.asarray(np.log(0.1)), "b": jnp.asarray(coef[0]), "w": jnp.asarray(coef[1:])}
+        params = {"log_amp": jnp.asarray(np.log(0.5)), "log_ls": jnp.zeros(D_MAX, jnp.float64),
+                  "log_noise": jnp.asarray(np.log(0.1)), "b": jnp.asarray(coef[0]), "w": jnp.asarray(w0),
+                  "mean_mask": jnp.asarray(mask), "rsq": jnp.asarray(rsq), "log_rel": jnp.asarray(np.log(0.02))}
         p, _ = fit(params, jnp.asarray(Xp), jnp.asarray(zp), jnp.asarray(diag), jnp.asarray(float(n)))
         p = {k: np.asarray(v, np.float64) for k, v in p.items()}
     return LayerGP(kind, Xp, zp, diag, x_mu, x_sd, y_mu, y_sd, floor, p, n)
@@ -183,13 +213,13 @@ def predict_gp(gp: LayerGP, features: np.ndarray) -> tuple[np.ndarray, np.ndarra
     import jax.numpy as jnp
 
     F = np.atleast_2d(np.asarray(features, dtype=np.float64))
-    if F.shape[1] != gp.X.shape[1]:
-        raise ValueError(f"kind {gp.kind!r}: features have {F.shape[1]} columns, the GP was fitted on {gp.X.shape[1]}")
+    if F.shape[1] != len(gp.x_mu):
+        raise ValueError(f"kind {gp.kind!r}: features have {F.shape[1]} columns, the GP was fitted on {len(gp.x_mu)}")
     if np.any(F <= 0):
         raise ValueError(f"kind {gp.kind!r}: features must be > 0 (they are log-scaled)")
     Xt = (np.log(F) - gp.x_mu) / gp.x_sd
     m = _pad_size(len(Xt))  # pad queries too, to re-use compiled predictions
-    Xq = np.zeros((m, Xt.shape[1])); Xq[: len(Xt)] = Xt
+    Xq = np.zeros((m, D_MAX)); Xq[: len(Xt), : Xt.shape[1]] = Xt
     with _x64():
         params = {k: jnp.asarray(v) for k, v in gp.params.items()}
         loc, var = _predict_fn()(params, jnp.asarray(gp.X), jnp.asarray(gp.z), jnp.asarray(gp.diag), jnp.asarray(Xq))

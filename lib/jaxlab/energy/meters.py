@@ -14,7 +14,8 @@ energy proxy).
 
 Meters here:
 
-* ``wallclock``  -- ``time.perf_counter``; use :func:`measure_iterations` for warm-up,
+* ``wallclock``  -- ``time.perf_counter``; use :func:`measure_iterations` (one step) or
+  :func:`measure_interleaved` (several steps, windows interleaved) for warm-up,
   ``block_until_ready`` and medians over repeated windows.
 * ``rapl``       -- Linux powercap sysfs (``/sys/class/powercap/intel-rapl*``): package + DRAM
   zones, ``energy_uj`` in microjoules, wraparound at ``max_energy_range_uj``. Since the PLATYPUS
@@ -51,7 +52,7 @@ import numpy as np
 __all__ = [
     "Measurement", "Meter", "MeterUnavailableError", "DeviceModel", "LayerCost",
     "wallclock_meter", "rapl_meter", "nvml_meter", "jetson_meter", "android_meter", "simulated_meter",
-    "measure_iterations", "detect_meters", "get_meter", "METER_NAMES",
+    "measure_iterations", "measure_interleaved", "detect_meters", "get_meter", "METER_NAMES",
     "rapl_zones", "rapl_delta_uj", "read_jetson_power_w", "parse_android_power_w", "integrate_power",
 ]
 
@@ -145,6 +146,56 @@ def measure_iterations(meter: Meter, step: Callable[[Any], Any], state: Any, *, 
     if stats is not None:
         stats.update(iters=n, windows_s=secs, rel_spread=(max(secs) - min(secs)) / med_s if med_s > 0 else 0.0)
     return Measurement(med_j, med_s)
+
+
+def measure_interleaved(meter: Meter, steps: Sequence[Callable[[Any], Any]], states: Sequence[Any], *,
+                        warmup: int = 2, windows: int = 9, min_window_s: float = 0.02, max_iters: int = 10_000,
+                        stats: list | None = None) -> list[Measurement]:
+    """Like :func:`measure_iterations` for several steps, with their windows interleaved.
+
+    Round r times one window of every step in turn, so a burst of load from other processes on
+    a shared machine lands on all of them alike instead of inflating one; each step's result is
+    the median of its windows. This matters for THOR's subtraction, where the per-layer cost is
+    the difference of two variants' medians. ``stats`` (a list) receives one dict per step with
+    ``iters``, ``windows_s`` and ``rel_spread``.
+    """
+    if len(steps) != len(states):
+        raise ValueError(f"{len(steps)} steps but {len(states)} states")
+    if windows < 1 or warmup < 0:
+        raise ValueError(f"windows={windows}, warmup={warmup}: need windows >= 1 and warmup >= 0")
+    states = list(states)
+    iters = []
+    for k, step in enumerate(steps):
+        for _ in range(max(warmup, 1)):
+            states[k] = step(states[k])
+        _block(states[k])
+        t0 = time.perf_counter()
+        states[k] = _block(step(states[k]))
+        one = max(time.perf_counter() - t0, 1e-7)
+        iters.append(int(min(max_iters, max(1, math.ceil(min_window_s / one)))))
+    joules = [[] for _ in steps]
+    secs = [[] for _ in steps]
+    for _ in range(windows):
+        for k, step in enumerate(steps):
+            n = iters[k]
+            token = meter.start()
+            st = states[k]
+            for _ in range(n):
+                st = step(st)
+            _block(st)
+            m = meter.stop(token)
+            states[k] = st
+            joules[k].append(m.joules / n)
+            secs[k].append(m.seconds / n)
+    out = []
+    for k in range(len(steps)):
+        med_s = statistics.median(secs[k])
+        med_j = float("nan") if any(math.isnan(j) for j in joules[k]) else statistics.median(joules[k])
+        out.append(Measurement(med_j, med_s))
+        if stats is not None:
+            stats.append({"iters": iters[k], "windows_s": secs[k],
+                          "rel_spread": (max(secs[k]) - min(secs[k])) / med_s if med_s > 0 else 0.0})
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

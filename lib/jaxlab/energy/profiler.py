@@ -42,7 +42,7 @@ __all__ = [
     "Conv", "Dense", "BatchNorm", "Pool", "Act", "LSTM", "LAYER_KINDS", "FEATURES",
     "Network", "PlacedLayer", "place", "layer_kind", "feature_vector", "fixed_features",
     "network_train_flops", "spec_to_json", "spec_from_json", "network_to_json", "network_from_json",
-    "network_key", "SpecNet", "make_train_step", "ProfileDB", "measure_network", "prefixes",
+    "network_key", "SpecNet", "make_train_step", "ProfileDB", "measure_network", "measure_networks", "prefixes",
     "LayerSample", "chain_samples",
 ]
 
@@ -455,8 +455,49 @@ def measure_network(meter: Meter, net: Network, db: ProfileDB | None = None, *, 
     if db is not None:
         db.put({"key": key, "meter": meter.name, "network": network_to_json(net),
                 "joules": None if math.isnan(m.joules) else m.joules, "seconds": m.seconds,
-                "rel_spread": stats.get("rel_spread"), "iters": stats.get("iters"), "unix": time.time()})
+                "rel_spread": stats.get("rel_spread"), "iters": stats.get("iters"),
+                "windows_s": stats.get("windows_s"), "unix": time.time()})
     return m
+
+
+def measure_networks(meter: Meter, nets: Sequence[Network], db: ProfileDB | None = None, *, windows: int = 9,
+                     min_window_s: float = 0.02, warmup: int = 2, tag: str = "") -> list[Measurement]:
+    """Per-iteration costs of several networks, measured together with interleaved windows.
+
+    Networks already in ``db`` are read back; the others are compiled (each its own jitted step)
+    and measured with :func:`jaxlab.energy.meters.measure_interleaved`, which makes the
+    subtraction between a chain's prefix variants robust to load bursts on a shared CPU.
+    Simulated meters just evaluate their device model.
+    """
+    from jaxlab.energy.meters import measure_interleaved
+
+    if meter.simulate is not None:
+        return [measure_network(meter, n, db, tag=tag) for n in nets]
+    settings = {"windows": windows, "min_window_s": min_window_s, "tag": tag, "interleaved": True}
+    keys = [network_key(n, meter.name, settings) for n in nets]
+    todo = [i for i, k in enumerate(keys) if db is None or k not in db]
+    fresh = {}
+    if todo:
+        built = [make_train_step(nets[i]) for i in todo]
+        steps = [(lambda s, st=st, x=x, y=y: st(s[0], x, y)) for st, _, (x, y) in built]
+        stats: list = []
+        ms = measure_interleaved(meter, steps, [(state, 0.0) for _, state, _ in built], warmup=warmup,
+                                 windows=windows, min_window_s=min_window_s, stats=stats)
+        for i, m, st in zip(todo, ms, stats):
+            fresh[i] = m
+            if db is not None:
+                db.put({"key": keys[i], "meter": meter.name, "network": network_to_json(nets[i]),
+                        "joules": None if math.isnan(m.joules) else m.joules, "seconds": m.seconds,
+                        "rel_spread": st["rel_spread"], "iters": st["iters"], "windows_s": st["windows_s"],
+                        "interleaved_with": len(todo), "unix": time.time()})
+    out = []
+    for i, k in enumerate(keys):
+        if i in fresh:
+            out.append(fresh[i])
+        else:
+            r = db.get(k)
+            out.append(Measurement(float(r["joules"]) if r["joules"] is not None else float("nan"), float(r["seconds"])))
+    return out
 
 
 def prefixes(chain: Network) -> list[Network]:
@@ -471,6 +512,7 @@ class LayerSample(NamedTuple):
     features: dict
     cost: float
     chain: int
+    context: float = 0.0  # c_{i-1} + c_i: the measurements this cost is the difference of
 
 
 def chain_samples(chain: Network, costs: Sequence[float], chain_id: int = 0) -> list[LayerSample]:
@@ -482,7 +524,8 @@ def chain_samples(chain: Network, costs: Sequence[float], chain_id: int = 0) -> 
     placed = place(Network(chain.input_shape, chain.layers, chain.batch, None))
     if len(costs) != len(placed) + 1:
         raise ValueError(f"costs has {len(costs)} entries; a {len(placed)}-layer chain needs {len(placed) + 1}")
-    out = [LayerSample("fixed", fixed_features(chain), float(costs[0]), chain_id)]
+    out = [LayerSample("fixed", fixed_features(chain), float(costs[0]), chain_id, float(abs(costs[0])))]
     for i, p in enumerate(placed):
-        out.append(LayerSample(p.kind, p.features, float(costs[i + 1] - costs[i]), chain_id))
+        out.append(LayerSample(p.kind, p.features, float(costs[i + 1] - costs[i]), chain_id,
+                               float(abs(costs[i + 1]) + abs(costs[i]))))
     return out

@@ -24,8 +24,9 @@ import numpy as np
 
 from jaxlab.energy.gp import LayerGP, fit_gp, predict_gp
 from jaxlab.energy.profiler import (
-    LSTM, Act, BatchNorm, Conv, Dense, LayerSample, Network, Pool, feature_vector, fixed_features, place,
+    FEATURES, LSTM, Act, BatchNorm, Conv, Dense, LayerSample, Network, Pool, feature_vector, fixed_features, place,
 )
+from jaxlab.energy.profiler import layer_kind as P_kind
 
 __all__ = [
     "ThorModel", "Estimate", "fit_thor", "estimate", "mape", "chain_variance", "active_learning",
@@ -66,7 +67,10 @@ def fit_thor(samples: Sequence[LayerSample], *, steps: int = 300, lr: float = 0.
         if len(ss) < 2:
             continue
         F = np.stack([feature_vector(kind, s.features) for s in ss])
-        gps[kind] = fit_gp(kind, F, np.array([s.cost for s in ss]), steps=steps, lr=lr, floor_frac=floor_frac)
+        names = FEATURES[kind]
+        mean_cols = [names.index(c) for c in ("flops", "bytes") if c in names] or None
+        gps[kind] = fit_gp(kind, F, np.array([s.cost for s in ss]), context=np.array([s.context for s in ss]),
+                           mean_cols=mean_cols, steps=steps, lr=lr, floor_frac=floor_frac)
     return ThorModel(gps, counts)
 
 
@@ -153,6 +157,8 @@ def active_learning(pool: Sequence[Network], samples_of: Callable[[int], list], 
         if len(chosen) >= n_max:
             return curve
         k = min(step, n_max - len(chosen))
+        if k <= 0:
+            return curve
         rest = [i for i in range(len(pool)) if i not in set(chosen)]
         if strategy == "random":
             pick = [i for i in order if i not in set(chosen)][:k]
@@ -163,18 +169,34 @@ def active_learning(pool: Sequence[Network], samples_of: Callable[[int], list], 
 
 
 def _covering_init(pool: Sequence[Network], order: list, n_init: int) -> list:
-    """First ``n_init`` chains of ``order``, preferring ones that bring a layer kind seen < 2 times,
-    so every kind of the pool has a GP from the start [our choice; shared by both strategies]."""
-    counts: dict = {}
-    chosen: list = []
+    """``n_init`` chains in ``order``, but first, rarest kind first, enough chains that every layer
+    kind of the pool appears >= 2 times, so each kind has a GP from the start (may exceed
+    ``n_init`` when the pool needs it) [our choice; the same start for both strategies]."""
     kinds_of = {i: ["fixed"] + [p.kind for p in place(Network(pool[i].input_shape, pool[i].layers, pool[i].batch))]
                 for i in order}
-    while len(chosen) < n_init:
-        need = [i for i in order if i not in chosen and any(counts.get(k, 0) < 2 for k in kinds_of[i])]
-        i = need[0] if need else next(i for i in order if i not in chosen)
+    freq: dict = {}
+    for ks in kinds_of.values():
+        for k in set(ks):
+            freq[k] = freq.get(k, 0) + 1
+    chosen: list = []
+    counts: dict = {}
+
+    def take(i):
         chosen.append(i)
         for k in kinds_of[i]:
             counts[k] = counts.get(k, 0) + 1
+
+    for kind in sorted(freq, key=lambda k: freq[k]):
+        for i in order:
+            if counts.get(kind, 0) >= 2:
+                break
+            if i not in chosen and kind in kinds_of[i]:
+                take(i)
+    for i in order:
+        if len(chosen) >= n_init:
+            break
+        if i not in chosen:
+            take(i)
     return chosen
 
 
@@ -207,24 +229,37 @@ def _ok(net: Network, space: DesignSpace) -> bool:
             and sum(p.n_params for p in placed) <= space.max_params)
 
 
-def _next_layer(rng, shape, space: DesignSpace):
-    if len(shape) == 3:
-        r = rng.random()
-        if r < 0.4:
-            pad = "SAME" if rng.random() < 0.7 else "VALID"
-            k = int(rng.choice(space.kernels))
-            stride = 2 if rng.random() < 0.15 else 1
-            return Conv(int(rng.choice(space.conv_features)), k, stride, pad)
-        if r < 0.55:
-            return BatchNorm()
-        if r < 0.72:
-            return Act(str(rng.choice(["relu", "relu", "tanh"])))
-        if r < 0.85 and min(shape[:2]) >= 4:
-            return Pool(2, str(rng.choice(["max", "max", "avg"])))
-        return Dense(int(rng.choice(space.dense_features)))
+# Which layer may follow which in a profiling chain, with weights [our choice]: the transitions of
+# real CNN/MLP stacks (Conv -> BN/Act/Pool, Act -> Pool/Conv/Dense, ...), never two BN/Act/Pool in
+# a row, so that every layer is profiled in the kind of context it has in whole models.
+_IMAGE_NEXT = {
+    None: {"conv": 0.7, "dense": 0.1, "bn": 0.06, "act": 0.07, "pool": 0.07},
+    "conv": {"bn": 0.25, "act": 0.35, "pool": 0.2, "conv": 0.1, "dense": 0.1},
+    "bn": {"act": 0.7, "pool": 0.15, "conv": 0.15},
+    "act": {"pool": 0.4, "conv": 0.35, "dense": 0.25},
+    "pool": {"conv": 0.5, "dense": 0.3, "act": 0.1, "bn": 0.1},
+}
+_VECTOR_NEXT = {None: {"dense": 1.0}, "dense": {"act": 0.7, "dense": 0.3}, "act": {"dense": 1.0},
+                "lstm": {"dense": 1.0}, "conv": {"act": 0.5, "dense": 0.5}, "pool": {"dense": 1.0}, "bn": {"dense": 1.0}}
+
+
+def _next_layer(rng, shape, prev, space: DesignSpace):
     if len(shape) == 2:
-        return LSTM(int(rng.choice(space.lstm_hidden))) if rng.random() < 0.6 else Dense(int(rng.choice(space.dense_features)))
-    return Act("relu") if rng.random() < 0.35 else Dense(int(rng.choice(space.dense_features)))
+        return LSTM(int(rng.choice(space.lstm_hidden))) if prev is None else Dense(int(rng.choice(space.dense_features)))
+    table = (_IMAGE_NEXT if len(shape) == 3 else _VECTOR_NEXT)[prev]
+    kinds = [k for k in table if not (k == "pool" and min(shape[:2]) < 4)]
+    w = np.array([table[k] for k in kinds])
+    kind = kinds[int(rng.choice(len(kinds), p=w / w.sum()))]
+    if kind == "conv":
+        return Conv(int(rng.choice(space.conv_features)), int(rng.choice(space.kernels)),
+                    2 if rng.random() < 0.15 else 1, "SAME" if rng.random() < 0.7 else "VALID")
+    if kind == "bn":
+        return BatchNorm()
+    if kind == "act":
+        return Act(str(rng.choice(["relu", "relu", "tanh"])))
+    if kind == "pool":
+        return Pool(2, str(rng.choice(["max", "max", "avg"])))
+    return Dense(int(rng.choice(space.dense_features)))
 
 
 def sample_chain(rng: np.random.Generator, space: DesignSpace = DesignSpace(), length: int = 3) -> Network:
@@ -238,9 +273,10 @@ def sample_chain(rng: np.random.Generator, space: DesignSpace = DesignSpace(), l
         else:
             hw = int(rng.choice(space.image_sizes))
             shape = (hw, hw, int(rng.choice(space.in_channels)))
-        layers, s = [], shape
+        layers, s, prev = [], shape, None
         for _ in range(length):
-            spec = _next_layer(rng, s, space)
+            spec = _next_layer(rng, s, prev, space)
+            prev = P_kind(spec)
             layers.append(spec)
             try:
                 s = place(Network(shape, tuple(layers), 1))[-1].out_shape

@@ -1,0 +1,340 @@
+"""THOR: profile layer variants, fit per-layer GPs, estimate held-out whole models, prune.
+
+    python -m experiments.thor --workdir=runs/thor --config=experiments/configs/thor.py:quick
+    python -m experiments.thor --workdir=runs/thor_paper --config=experiments/configs/thor.py:paper
+
+Three studies, each labelled in summary.json:
+
+* ``sim``  -- simulated device (analytic ground truth, joules/iteration; see
+  ``jaxlab.energy.meters.DeviceModel``): THOR vs FLOPs-linear vs NeuralPower on held-out
+  CNNs/MLPs against the known noise-free totals, a sweep of the non-additive interaction weight
+  gamma, and active learning (max predictive variance) vs random sampling.
+* ``wall`` -- the real meter available on this CPU: wall-clock seconds of one training iteration
+  (forward + backward + SGD update, each network its own jitted step). It validates *time*
+  additivity, not energy. The CPU is shared, so we report the spread of the timing windows.
+* ``prune`` -- energy-aware pruning of a PFLlib-style digits CNN guided by the wall-clock THOR
+  fit, vs L1-norm pruning at equal FLOPs: measured and predicted cost per iteration, accuracy.
+
+Measurements go to ``<workdir>/profile_db_<meter>.jsonl`` (append-only), so a re-run or an
+interrupted run re-uses every measurement already taken.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import numpy as np
+
+from jaxlab.energy import baselines as B
+from jaxlab.energy import meters as M
+from jaxlab.energy import profiler as P
+from jaxlab.energy import pruning as PR
+from jaxlab.energy import thor as T
+from jaxlab.utils.progress import progress
+from jaxlab.utils.workdir import Workdir, markdown_table
+
+FAMILIES = ("cnn", "mlp")
+
+
+def _profile_chains(meter, chains, db, desc, **kw):
+    costs = []
+    for c in progress(chains, total=len(chains), desc=desc):
+        # the prefix variants of one chain are measured together, windows interleaved
+        costs.append([m.value(meter.quantity) for m in P.measure_networks(meter, P.prefixes(c), db, **kw)])
+    return costs
+
+
+def _chain_samples(chains, costs):
+    return [P.chain_samples(c, cs, i) for i, (c, cs) in enumerate(zip(chains, costs))]
+
+
+def _variants(chains, costs):
+    nets, vals = [], []
+    for c, cs in zip(chains, costs):
+        nets += P.prefixes(c)
+        vals += list(cs)
+    return nets, vals
+
+
+def _fit_all(cfg, chains, costs):
+    samples = [s for ss in _chain_samples(chains, costs) for s in ss]
+    thor = T.fit_thor(samples, steps=cfg.gp_steps, floor_frac=cfg.floor_frac)
+    fl = B.fit_flops_linear(*_variants(chains, costs))
+    npw = B.fit_neuralpower(samples, seed=cfg.seed)
+    return thor, fl, npw
+
+
+def _predict_all(models, nets):
+    thor, fl, npw = models
+    est = [T.estimate(thor, n) for n in nets]
+    return {"thor": [e.total for e in est], "thor_lower": [e.lower for e in est], "thor_upper": [e.upper for e in est],
+            "flops": [B.predict_flops_linear(fl, n) for n in nets], "neuralpower": [B.predict_neuralpower(npw, n) for n in nets]}
+
+
+def _mapes(pred, measured, families):
+    out = {m: T.mape(pred[m], measured) for m in ("thor", "flops", "neuralpower")}
+    per_family = {}
+    for f in sorted(set(families)):
+        idx = [i for i, g in enumerate(families) if g == f]
+        per_family[f] = {m: T.mape([pred[m][i] for i in idx], [measured[i] for i in idx]) for m in ("thor", "flops", "neuralpower")}
+    out["per_family"] = per_family
+    out["band_coverage"] = float(np.mean([lo <= y <= hi for lo, hi, y in zip(pred["thor_lower"], pred["thor_upper"], measured)]))
+    return out
+
+
+def _heldout(rng, n, space):
+    fams = [FAMILIES[i % len(FAMILIES)] for i in range(n)]
+    return [T.sample_model(rng, f, space) for f in fams], fams
+
+
+def _al_curves(cfg_al, chains, samples_by_chain, evaluate, seed, n_random_seeds, gp_steps):
+    kw = dict(n_init=cfg_al.al_init, n_max=min(cfg_al.al_max, len(chains)), step=cfg_al.al_step, fit_kw={"steps": gp_steps})
+    var = T.active_learning(chains, lambda i: samples_by_chain[i], evaluate, strategy="variance", seed=seed, **kw)
+    rand = [T.active_learning(chains, lambda i: samples_by_chain[i], evaluate, strategy="random", seed=seed + s, **kw)
+            for s in range(n_random_seeds)]
+    ns = [p["n_chains"] for p in var]
+    rand_mean = [float(np.mean([r[j]["score"] for r in rand])) for j in range(len(ns))]
+    target = rand_mean[-1]
+    reach = next((p["n_chains"] for p in var if p["score"] <= target), None)
+    return {"n_chains": ns, "variance": [p["score"] for p in var], "random_mean": rand_mean,
+            "random_runs": [[p["score"] for p in r] for r in rand], "random_final_mape": target,
+            "al_chains_to_reach_random_final": reach, "random_chains": ns[-1],
+            "al_fraction_of_random_configs": (reach / ns[-1]) if reach is not None else None}
+
+
+# ---------------------------------------------------------------------------------------------
+def study_sim(cfg, wd: Workdir, log) -> dict:
+    rng = np.random.default_rng(cfg.seed)
+    space = T.DesignSpace()
+    chains = [T.sample_chain(rng, space) for _ in range(cfg.sim.pool_chains)]
+    held, fams = _heldout(rng, cfg.sim.heldout, space)
+    out = {"meter": "simulated (analytic DeviceModel, joules/iteration)", "pool_chains": len(chains),
+           "heldout_models": len(held), "noise": cfg.sim.noise, "gamma": {}}
+    for gamma in cfg.sim.gammas:
+        dev = M.DeviceModel(gamma=float(gamma), noise=cfg.sim.noise)
+        meter = M.simulated_meter(dev, seed=cfg.seed + 1)
+        costs = _profile_chains(meter, chains, None, f"sim profile gamma={gamma}")
+        truth = [dev.iteration_cost([p.cost_record() for p in P.place(n)]).joules for n in held]
+        pred = _predict_all(_fit_all(cfg, chains, costs), held)
+        res = _mapes(pred, truth, fams)
+        out["gamma"][str(gamma)] = res
+        log(study="sim", gamma=float(gamma), **{f"mape_{m}": res[m] for m in ("thor", "flops", "neuralpower")})
+        if gamma == 0.0:
+            out.update(mape_thor=res["thor"], mape_flops=res["flops"], mape_neuralpower=res["neuralpower"],
+                       per_family=res["per_family"], band_coverage=res["band_coverage"])
+            out["scatter"] = {"truth": truth, **{k: pred[k] for k in ("thor", "flops", "neuralpower")}, "family": fams}
+            sbc = _chain_samples(chains, costs)
+            al = _al_curves(cfg.sim, chains, sbc,
+                            lambda m: T.mape([T.estimate(m, n).total for n in held], truth), cfg.seed, 3, cfg.gp_steps)
+            out["active_learning"] = al
+            for n, v, r in zip(al["n_chains"], al["variance"], al["random_mean"]):
+                log(study="sim_al", n_chains=n, mape_variance=v, mape_random=r)
+    return out
+
+
+def study_wall(cfg, wd: Workdir, log):
+    rng = np.random.default_rng(cfg.seed + 100)
+    space = T.DesignSpace(max_train_flops=cfg.wall.max_train_flops)
+    chains = [T.sample_chain(rng, space) for _ in range(cfg.wall.pool_chains)]
+    held, fams = _heldout(rng, cfg.wall.heldout, space)
+    meter = M.wallclock_meter()
+    db = P.ProfileDB(wd.file("profile_db_wallclock.jsonl"))
+    kw = dict(windows=cfg.wall.windows, min_window_s=cfg.wall.min_window_s)
+    t0 = time.perf_counter()
+    costs = _profile_chains(meter, chains, db, "wall-clock profile", **kw)
+    t_prof = time.perf_counter() - t0
+    variant_keys = {P.network_key(v._replace(num_classes=None), "x") for c in chains for v in P.prefixes(c)}
+    assert not any(P.network_key(n._replace(num_classes=None), "x") in variant_keys for n in held), "held-out model was profiled"
+    measured = []
+    for g in progress(range(0, len(held), 4), total=-(-len(held) // 4), desc="held-out models (groups of 4)"):
+        measured += [m.seconds for m in P.measure_networks(meter, held[g:g + 4], db, windows=cfg.wall.heldout_windows,
+                                                           min_window_s=cfg.wall.min_window_s, tag="heldout")]
+    models = _fit_all(cfg, chains, costs)
+    pred = _predict_all(models, held)
+    res = _mapes(pred, measured, fams)
+    spreads = [r["rel_spread"] for r in db.records.values() if r.get("rel_spread") is not None]
+    out = {"meter": "wallclock (seconds per training iteration; time, not energy)", "pool_chains": len(chains),
+           "heldout_models": len(held), "profile_seconds": t_prof, "mape_thor": res["thor"], "mape_flops": res["flops"],
+           "mape_neuralpower": res["neuralpower"], "per_family": res["per_family"], "band_coverage": res["band_coverage"],
+           "thor_vs_flops_reduction": 1.0 - res["thor"] / res["flops"],
+           "timing_noise": {"median_rel_spread_of_windows": float(statistics.median(spreads)) if spreads else None,
+                            "p90_rel_spread_of_windows": float(np.quantile(spreads, 0.9)) if spreads else None,
+                            "windows": cfg.wall.windows, "heldout_windows": cfg.wall.heldout_windows,
+                            "load_average_at_end": os.getloadavg()},
+           "scatter": {"measured": measured, **{k: pred[k] for k in ("thor", "flops", "neuralpower")}, "family": fams}}
+    log(study="wall", mape_thor=res["thor"], mape_flops=res["flops"], mape_neuralpower=res["neuralpower"])
+    if cfg.wall.al_max > 0:
+        sbc = _chain_samples(chains, costs)
+        al = _al_curves(cfg.wall, chains, sbc, lambda m: T.mape([T.estimate(m, n).total for n in held], measured),
+                        cfg.seed, 3, cfg.gp_steps)
+        out["active_learning"] = al
+        for n, v, r in zip(al["n_chains"], al["variance"], al["random_mean"]):
+            log(study="wall_al", n_chains=n, mape_variance=v, mape_random=r)
+    return out, models, meter, db, chains, costs
+
+
+def study_prune(cfg, wd: Workdir, log, meter, db, chains, costs) -> dict:
+    from jaxlab.data.digits import load_digits
+
+    pc = cfg.prune
+    base = PR.digits_cnn(batch=pc.batch, width=pc.width)
+    # Extra profiling chains around the CNN's layers [our choice]: windows of the CNN itself and
+    # narrower copies, so the GPs have seen the shapes the greedy search visits.
+    rng = np.random.default_rng(cfg.seed + 7)
+    extra = []
+    for _ in range(pc.extra_chains):
+        w = float(rng.uniform(0.1, 1.0))
+        net = PR.digits_cnn(batch=pc.batch, width=w * pc.width)
+        start = int(rng.integers(0, len(net.layers) - 3))
+        shape = P.place(net._replace(num_classes=None))[start].in_shape
+        extra.append(P.Network(shape, net.layers[start:start + 3], pc.batch))
+    kw = dict(windows=cfg.wall.windows, min_window_s=cfg.wall.min_window_s)
+    extra_costs = _profile_chains(meter, extra, db, "profile CNN-shaped chains", **kw)
+    all_chains, all_costs = list(chains) + extra, list(costs) + extra_costs
+    samples = [s for ss in _chain_samples(all_chains, all_costs) for s in ss]
+    thor = T.fit_thor(samples, steps=cfg.gp_steps, floor_frac=cfg.floor_frac)
+    predict = lambda n: T.estimate(thor, n).total
+
+    x, y = load_digits(28)
+    x, y = np.asarray(x), np.asarray(y)
+    perm = np.random.default_rng(cfg.seed).permutation(len(x))
+    n_test = len(x) // 5
+    te, tr = perm[:n_test], perm[n_test:]
+    params = PR.train_classifier(base, x[tr], y[tr], epochs=pc.epochs, lr=pc.lr, seed=cfg.seed)
+    acc_base = PR.evaluate_classifier(base, params, x[te], y[te])
+    imp = PR.unit_importance(base, params)
+    keep_e, steps = PR.energy_aware_prune(base, imp, predict, budget=pc.budget)
+    net_e, p_e = PR.apply_keep(base, params, keep_e)
+    keep_l, frac = PR.l1_prune_to_flops(base, imp, P.network_train_flops(net_e))
+    net_l, p_l = PR.apply_keep(base, params, keep_l)
+    res = {"budget": pc.budget, "l1_uniform_fraction": frac, "greedy_steps": len(steps)}
+    for name, net, p in (("original", base, params), ("energy_aware", net_e, p_e), ("l1_equal_flops", net_l, p_l)):
+        if name != "original":
+            p = PR.train_classifier(net, x[tr], y[tr], epochs=pc.finetune_epochs, lr=pc.lr / 2, seed=cfg.seed, params=p)
+        acc = PR.evaluate_classifier(net, p, x[te], y[te])
+        res[name] = {"widths": [net.layers[i].features for i in PR.prunable_layers(base)], "accuracy": acc,
+                     "train_flops": P.network_train_flops(net), "predicted_s": predict(net)}
+        res[name]["_net"] = net
+    # measured together (windows interleaved) three times, so load changes on the shared CPU hit all alike
+    names = ("original", "energy_aware", "l1_equal_flops")
+    for rep in range(3):
+        ms = P.measure_networks(meter, [res[n]["_net"] for n in names], db, windows=cfg.wall.heldout_windows,
+                                min_window_s=cfg.wall.min_window_s, tag=f"prune{rep}")
+        for name, m in zip(names, ms):
+            res[name].setdefault("measured_runs_s", []).append(m.seconds)
+    for name in ("original", "energy_aware", "l1_equal_flops"):
+        res[name]["measured_s"] = float(statistics.median(res[name]["measured_runs_s"]))
+        del res[name]["_net"]
+    o = res["original"]
+    for name in ("energy_aware", "l1_equal_flops"):
+        r = res[name]
+        r["measured_saving"] = 1.0 - r["measured_s"] / o["measured_s"]
+        r["predicted_saving"] = 1.0 - r["predicted_s"] / o["predicted_s"]
+        r["accuracy_drop_points"] = 100.0 * (o["accuracy"] - r["accuracy"])
+        r["flops_saving"] = 1.0 - r["train_flops"] / o["train_flops"]
+    res["base_accuracy"] = acc_base
+    log(study="prune", **{f"{n}_measured_s": res[n]["measured_s"] for n in ("original", "energy_aware", "l1_equal_flops")})
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+def _plots(wd: Workdir, summary: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for study, key, unit in (("wall", "measured", "s"), ("sim", "truth", "J")):
+        s = summary.get(study)
+        if not s or "scatter" not in s:
+            continue
+        sc = s["scatter"]
+        fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+        y = np.array(sc[key])
+        for ax, m in zip(axes, ("thor", "flops", "neuralpower")):
+            p = np.array(sc[m])
+            for f, mk in zip(FAMILIES, "ox"):
+                idx = [i for i, g in enumerate(sc["family"]) if g == f]
+                ax.scatter(y[idx], p[idx], marker=mk, label=f)
+            lo, hi = y.min() * 0.7, y.max() * 1.4
+            ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+            ax.set_xscale("log"); ax.set_yscale("log")
+            ax.set_xlabel(f"{key} [{unit}/iteration]"); ax.set_ylabel("predicted")
+            ax.set_title(f"{study}: {m}  MAPE {s['mape_' + m]:.1f}%")
+            ax.legend()
+        fig.tight_layout(); fig.savefig(wd.file(f"scatter_{study}.png"), dpi=110); plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    labels, w = [], 0.25
+    rows = [(st, f, v) for st in ("sim", "wall") if summary.get(st) for f, v in summary[st]["per_family"].items()]
+    for j, m in enumerate(("thor", "flops", "neuralpower")):
+        ax.bar(np.arange(len(rows)) + (j - 1) * w, [v[m] for _, _, v in rows], w, label=m)
+    ax.set_xticks(np.arange(len(rows)), [f"{st}/{f}" for st, f, _ in rows])
+    ax.set_ylabel("MAPE [%]"); ax.set_yscale("log"); ax.legend(); ax.set_title("MAPE per model family")
+    fig.tight_layout(); fig.savefig(wd.file("mape_per_family.png"), dpi=110); plt.close(fig)
+    als = [(st, summary[st]["active_learning"]) for st in ("sim", "wall") if summary.get(st, {}).get("active_learning")]
+    if als:
+        fig, axes = plt.subplots(1, len(als), figsize=(6 * len(als), 4), squeeze=False)
+        for ax, (st, al) in zip(axes[0], als):
+            ax.plot(al["n_chains"], al["variance"], "o-", label="active (max variance)")
+            ax.plot(al["n_chains"], al["random_mean"], "s--", label="random (mean of 3 seeds)")
+            ax.set_xlabel("profiled chains (3-layer configs)"); ax.set_ylabel("held-out MAPE [%]")
+            ax.set_title(f"{st}: active learning"); ax.legend()
+        fig.tight_layout(); fig.savefig(wd.file("active_learning.png"), dpi=110); plt.close(fig)
+    sim = summary.get("sim")
+    if sim and len(sim["gamma"]) > 1:
+        g = sorted(sim["gamma"], key=float)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for m in ("thor", "flops", "neuralpower"):
+            ax.plot([float(v) for v in g], [sim["gamma"][v][m] for v in g], "o-", label=m)
+        ax.axhline(5.0, color="k", ls=":", lw=1)
+        ax.set_xlabel("interaction weight gamma (0 = additive)"); ax.set_ylabel("MAPE [%]"); ax.legend()
+        ax.set_title("simulated device: where additivity breaks")
+        fig.tight_layout(); fig.savefig(wd.file("additivity_gamma.png"), dpi=110); plt.close(fig)
+
+
+def run(config, workdir) -> dict:
+    wd = Workdir(workdir)
+    wd.write_config(config, meters_detected=M.detect_meters())
+    counter = iter(range(10 ** 9))
+    log = lambda **kv: wd.log(next(counter), **kv)
+    t0 = time.perf_counter()
+    summary: dict = {"system": "THOR (arXiv 2501.16397)", "preset": config.preset,
+                     "meters_detected": M.detect_meters(),
+                     "note": "No energy counter on this machine (see meters_detected); energy results use the simulated "
+                             "device, real-meter results use the wall clock (time per training iteration)."}
+    if config.sim.enabled:
+        summary["sim"] = study_sim(config, wd, log)
+    if config.wall.enabled:
+        wall, models, meter, db, chains, costs = study_wall(config, wd, log)
+        summary["wall"] = wall
+        if config.prune.enabled:
+            summary["prune"] = study_prune(config, wd, log, meter, db, chains, costs)
+    summary["seconds"] = time.perf_counter() - t0
+    _plots(wd, summary)
+    rows = []
+    for st in ("sim", "wall"):
+        if st in summary:
+            rows.append({"study": st, "models": summary[st]["heldout_models"], "THOR MAPE %": summary[st]["mape_thor"],
+                         "FLOPs MAPE %": summary[st]["mape_flops"], "NeuralPower MAPE %": summary[st]["mape_neuralpower"]})
+    wd.write_text("results.md", markdown_table(rows))
+    return wd.write_summary(summary)
+
+
+def tour_row(workdir) -> dict:
+    from experiments.configs.thor import get_config
+
+    s = run(get_config("quick"), workdir)
+    sim, wall = s["sim"], s["wall"]
+    return {"system": "THOR energy/time estimation",
+            "dataset": "random CNNs/MLPs (simulated device + wall clock)",
+            "headline": (f"sim {sim['heldout_models']} models: THOR MAPE {sim['mape_thor']:.1f}% vs FLOPs {sim['mape_flops']:.1f}% "
+                         f"/ NeuralPower {sim['mape_neuralpower']:.1f}%; wall-clock {wall['heldout_models']} models "
+                         f"({wall['pool_chains']} profiled chains): THOR {wall['mape_thor']:.1f}% vs FLOPs {wall['mape_flops']:.1f}%")}
+
+
+if __name__ == "__main__":
+    from jaxlab.utils.experiment import cli
+
+    cli(run, "thor")
