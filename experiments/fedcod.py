@@ -192,7 +192,8 @@ def run(config, workdir) -> dict:
             cfg = netem.federation_config(
                 config.n_clients, mode, links, task, rounds=config.rounds, k=config.k, download=config.download,
                 clip=config.clip, r0=config.r0, r_thres=config.r_thres, r_delta=config.r_delta,
-                upload_timeout_s=config.upload_timeout_s, round_timeout_s=config.round_timeout_s, trace=trace,
+                upload_timeout_s=config.upload_timeout_s, round_timeout_s=config.round_timeout_s,
+                repair_s=config.repair_s, trace=trace,
                 seed=config.seed)
             run_dir = wd.file(os.path.join("runs", f"{sc}_{mode}"))
             t0 = time.perf_counter()

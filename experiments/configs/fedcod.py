@@ -34,6 +34,7 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     c.homogeneous_delay_ms = 10.0
     c.upload_timeout_s = 20.0
     c.round_timeout_s = 240.0
+    c.repair_s = 4.0            # no decode this long after the last TRAIN_DONE -> fresh parity
     c.scenarios = ("wan", "homogeneous", "trace", "link_drop", "kill")
     c.trace_file = ""           # CSV t_s,src,dst,rate_mbit; empty = the built-in fluctuation trace
     c.task = "digits_mlp"       # or "jaxlab_fedavg" (the jaxlab engine's model + local_train)
@@ -46,6 +47,7 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
         c.backend = "loopback"
         c.scenarios = ("wan",)
         c.upload_timeout_s = 10.0
+        c.repair_s = 2.0
     elif preset != "paper":
         raise ValueError(f"unknown preset {preset!r}; use 'quick' or 'paper'")
     return c

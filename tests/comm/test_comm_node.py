@@ -100,8 +100,11 @@ def test_forged_and_garbage_frames_are_dropped_and_counted():
 def test_shrink_client_set_picks_largest_covered_set():
     status = {0: frozenset({0, 1, 2}), 1: frozenset({0, 1, 2}), 2: frozenset({0, 1}), 3: frozenset({0, 1, 3})}
     assert shrink_client_set({0, 1, 2, 3}, status, 2) == {0, 1, 2}
-    assert shrink_client_set({0, 1, 2, 3}, status, 4) == {0, 1}
-    assert shrink_client_set({0, 1, 2, 3}, status, 5) == set()
+    assert shrink_client_set({0, 1, 2, 3}, status, 3) == {0, 1}
+    # five indices do not exist: dropping clients cannot help, the set stays (the server repairs)
+    assert shrink_client_set({0, 1, 2, 3}, status, 5) == {0, 1, 2, 3}
+    full = {i: frozenset(range(4)) for i in range(8)}  # one index behind a dead link, none reported
+    assert shrink_client_set({0, 1, 2, 3}, full, 9) == {0, 1, 2, 3}
 
 
 def test_processes_on_loopback_with_token_bucket_shaping(tmp_path):

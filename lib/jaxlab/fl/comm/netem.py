@@ -144,6 +144,7 @@ def federation_config(n_clients: int, mode: str, links: dict, task: dict, *, rou
                       download: str = "recode", key: str | None = None, addresses: dict | None = None,
                       shaper: str = "tokenbucket", clip: float = 1.0, r0: int = 9, r_thres: int = 45,
                       r_delta: int = 9, upload_timeout_s: float = 30.0, round_timeout_s: float = 300.0,
+                      repair_s: float = 5.0,
                       trace: list | None = None, seed: int = 0, log_dir: str | None = None,
                       out: str | None = None) -> dict:
     """The JSON dict every node process reads (see :mod:`node`). Loopback addresses by default."""
@@ -158,7 +159,8 @@ def federation_config(n_clients: int, mode: str, links: dict, task: dict, *, rou
             "key": key or os.urandom(32).hex(), "addresses": addresses, "links": links, "shaper": shaper,
             "rounds": int(rounds), "task": dict(task), "clip": float(clip), "r0": int(r0),
             "r_thres": int(r_thres), "r_delta": int(r_delta), "seed": int(seed), "trace": list(trace or []),
-            "timeouts": {"upload_s": float(upload_timeout_s), "round_s": float(round_timeout_s)},
+            "timeouts": {"upload_s": float(upload_timeout_s), "round_s": float(round_timeout_s),
+                         "repair_s": float(repair_s)},
             "log_dir": log_dir, "out": out}
 
 

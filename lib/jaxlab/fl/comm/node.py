@@ -35,7 +35,10 @@ A round (FedAvg, server holds a flat float32 vector ``g``):
    indices), announces it (DROP) and relays re-aggregate from the per-client blocks they kept;
    the mean is renormalised over ``E'``. If the blocks exist but are stuck behind dead server
    links (small ``r``), the server also asks for fresh parity indices (REPAIR, gossiped among
-   clients) aggregated by relays whose server link delivered this round. If even that fails by the next deadline the round is
+   clients) aggregated by relays whose server link delivered this round: at once when a dead
+   client's relay indices were needed, else ``repair_s`` after the last TRAIN_DONE it heard.
+   Server control frames are flooded among clients once, so a client whose server link died keeps
+   following the rounds (download via peers, upload via relays) and stays in the federation. If even that fails by the next deadline the round is
    skipped (zero update) and logged. Clients that did not ACK a round's download leave the
    federation (their replica would be stale).
 
@@ -476,7 +479,8 @@ class ClientNode(Node):
 
     def on_frame(self, fr: Frame) -> None:
         if fr.type == T.SHUTDOWN:
-            if fr.sender == self.server_id:
+            if not self.stop_event.is_set():
+                self._gossip(fr)
                 self.stop_event.set()
             return
         if self.stale(fr, self.current):
@@ -487,8 +491,9 @@ class ClientNode(Node):
             return
         st = self.state(fr.round)
         if fr.type == T.ROUND_START:
-            if fr.sender != self.server_id:
-                raise ValueError("ROUND_START not from the server")
+            if st.meta is not None:
+                return  # a gossiped copy of a header we already have
+            self._gossip(fr)
             st.meta = dict(fr.meta)
             st.relay = Relay(set(st.meta["E"]))
             for up in st.pending_up:
@@ -518,29 +523,40 @@ class ClientNode(Node):
             else:
                 self._relay_add(st, fr)
         elif fr.type == T.DROP:
-            if fr.sender != self.server_id:
-                raise ValueError("DROP not from the server")
+            if st.relay is not None and st.relay.expected == set(fr.meta["E"]):
+                return
+            self._gossip(fr)
             if st.meta is not None:
                 st.meta["E"] = list(fr.meta["E"])
             if st.relay is not None:
                 st.relay.expected = set(fr.meta["E"])
                 self._relay_flush(st)
         elif fr.type == T.ROUND_END:
-            if fr.sender == self.server_id:
+            if not st.done:
+                self._gossip(fr)
                 st.finish()
         elif fr.type == T.REPAIR:
             # gossiped to the peers once: a client whose server link died still hears of it
             if any(r["indices"] == fr.meta["indices"] for r in st.repairs):
                 return
             st.repairs.append(dict(fr.meta))
-            for pid, p in self.peers.items():
-                if pid not in (self.server_id, fr.sender):
-                    p.send(Frame(T.REPAIR, st.rnd, meta=dict(fr.meta)))
+            self._gossip(fr)
             if st.src is not None:
                 self._send_repair(st, fr.meta)
         else:
             self.dropped_frames["unexpected"] += 1
             self.log.warning("unexpected %s frame from %d; dropped", fr.type.name, fr.sender)
+
+    def _gossip(self, fr: Frame) -> None:
+        """Floods a server control frame (ROUND_START, DROP, REPAIR, ROUND_END, SHUTDOWN) to the
+        peers once, so a client whose server link died still follows the rounds through its
+        peers. [our choice] Any federation member holds the key, so a forwarded control frame is
+        as trusted as the server's own; duplicates are recognised by content and dropped."""
+        if self.cfg["mode"] != "fedcod":
+            return
+        for pid, p in self.peers.items():
+            if pid not in (self.server_id, fr.sender) and pid not in self.dead:
+                p.send(Frame(fr.type, fr.round, fr.index, clients=fr.clients, meta=dict(fr.meta)))
 
     # -- relay side ------------------------------------------------------------------------------
     def _relay_add(self, st: ClientRound, fr: Frame) -> None:
@@ -658,14 +674,25 @@ class ServerRound:
 
 
 def shrink_client_set(E: set[int], status: dict[int, frozenset], k: int) -> set[int]:
-    """Largest-first greedy: the biggest set that at least ``k`` indices fully cover, else empty."""
+    """Greedy: drop clients while that raises the number of indices whose blocks cover the set.
+
+    ``status[i]`` is the set of clients whose block ``i`` a relay holds. Returns the first set that
+    ``k`` indices cover; if none does, ``E`` unchanged (missing *indices*, e.g. behind a dead relay
+    link, are not fixed by dropping clients: the caller asks for repair instead).
+    """
+    E0 = set(E)
     E = set(E)
+    cover = lambda S: sum(1 for s in status.values() if S <= s)
     while E:
-        if sum(1 for s in status.values() if E <= s) >= k:
+        cov = cover(E)
+        if cov >= k:
             return E
-        counts = {c: sum(1 for s in status.values() if c in s) for c in E}
-        E.remove(min(E, key=lambda c: (counts[c], -c)))
-    return E
+        appear = {c: sum(1 for s in status.values() if c in s) for c in E}
+        best = max(E, key=lambda c: (cover(E - {c}), -appear[c], c))
+        if cover(E - {best}) <= cov:
+            break
+        E.remove(best)
+    return E0  # no set reaches k covered indices: keep everyone and let the server repair
 
 
 class ServerNode(Node):
@@ -782,6 +809,8 @@ class ServerNode(Node):
         """Asks every client for fresh parity indices, aggregated by relays whose server link has
         delivered this round (when r was too small for the relays that went silent)."""
         relays = sorted(c for c in rs.agg_from if c in rs.E and c not in self.dead)
+        if not relays:  # nothing delivered yet this round: any live relay in the set
+            relays = sorted(c for c in rs.E if c not in self.dead)
         if self.cfg["mode"] != "fedcod" or not relays:
             return
         need = self.k - len(rs.agg) + 1
@@ -797,6 +826,7 @@ class ServerNode(Node):
     async def run_round(self, rnd: int, payload: np.ndarray, mult: float, members: list[int]) -> dict:
         to = self.cfg.get("timeouts", {})
         up_to = float(to.get("upload_s", 30.0))
+        repair_s = float(to.get("repair_s", 5.0))
         round_to = float(to.get("round_s", 300.0))
         E = sorted(members)
         tot = sum(self.n_samples[c] for c in E)
@@ -822,10 +852,23 @@ class ServerNode(Node):
             if rs.deadline is None and rs.train_done:
                 rs.deadline = min(rs.train_done.values()) + up_to
             dl = deadline_abs if rs.deadline is None else min(deadline_abs, rs.deadline)
+            if fedcod and rs.train_done and rs.n_repair == 0:
+                # stall rule: no decode ``repair_s`` after the last TRAIN_DONE heard -> blocks are
+                # probably stuck behind a dead relay link; ask for fresh parity at once
+                repair_at = max(rs.train_done.values()) + repair_s
+                if now >= repair_at:
+                    self._repair(rs)
+                    continue
+                dl = min(dl, repair_at)
             rs.event.clear()
             if rs.shrink_now:
                 rs.shrink_now = False
                 self._shrink(rs, "client disconnected", greedy=False)
+                # the dead client was also a relay: repair now if its indices were needed
+                nb = self.k + rs.r_used
+                live = sum(1 for i in range(nb) if rs.E0[i % len(rs.E0)] not in self.dead)
+                if fedcod and live < self.k and rs.n_repair == 0:
+                    self._repair(rs)
                 rs.deadline = time.monotonic() + up_to
                 continue
             if now >= dl:
@@ -916,7 +959,10 @@ class ServerNode(Node):
             if out_path:
                 with open(out_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
-            members = [c for c in acked if c in row["E_start"] and c not in self.dead]
+            # a client stays if it ACKed the download or its update was aggregated (it then held
+            # this round's model even if its own ACK was lost on a dead server link)
+            members = sorted(c for c in set(acked) | (set(row["E_final"]) if row["ok"] else set())
+                             if c in row["E_start"] and c not in self.dead)
             if not members:
                 self.log.error("no client left in the federation after round %d; stopping", rnd)
                 break
