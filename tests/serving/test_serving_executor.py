@@ -42,7 +42,7 @@ SCRIPT = textwrap.dedent("""
         pb = make_problem(g, cm)
         alternating = tuple(i % 2 for i in range(pb.n))   # forces many cross-device edges
         plans = [plan_single_device(pb, 0), plan_single_device(pb, 1),
-                 plan_latency_optimal(pb, max_evals=200, time_budget_s=5), _plan(pb, "alternating", alternating)]
+                 plan_latency_optimal(pb, max_evals=100, time_budget_s=2), _plan(pb, "alternating", alternating)]
         reqs = [make_inputs() for _ in range(3)]
         refs = [run_onnxruntime(model, r) for r in reqs]
         for p in plans:
