@@ -35,6 +35,11 @@ aggregate), so clients that sit out keep their stale copies exactly as in PFLlib
 ratio. The context is computed at the end of ``client_update`` from the freshly trained personal
 head, i.e. before the new global head exists, which is the same value ``set_head_g`` computes.
 
+A property worth knowing: the cross-entropy gradient of a Dense head sums to zero over classes,
+so SGD never changes a head's row sum; identically initialised personal heads therefore all keep
+the initial head's row sum as context after the first delivery (the tests give heads distinct row
+sums to check where the context comes from).
+
 Evaluation samples Gumbel noise as PFLlib does in ``eval()``; it uses the ``key`` the engine
 passes to ``evaluate``, so accuracy is stochastic but reproducible from the seed.
 
