@@ -171,11 +171,14 @@ def _run_summary(rows, base_noise):
     noise = np.array([r["noise"] for r in rows])
     fid = np.array([r["fidelity"] for r in rows])
     mem = np.array([r["memorisation"] for r in rows])
+    nvn = np.array([r["noise_vs_nn"] for r in rows])
     ipk = int(np.argmax(noise))
     above = steps[noise > 1.5 * base_noise]
     return {"noise_start": float(noise[0]), "noise_peak": float(noise[ipk]), "noise_peak_step": int(steps[ipk]),
             "noise_final": float(noise[-1]), "noise_peak_excess": float(noise[ipk] - base_noise),
             "steps_noise_above_1.5x_pretrained": [int(above.min()), int(above.max())] if len(above) else None,
+            "noise_vs_nn_start": float(nvn[0]), "noise_vs_nn_peak": float(nvn.max()),
+            "noise_vs_nn_peak_step": int(steps[np.argmax(nvn)]), "noise_vs_nn_final": float(nvn[-1]),
             "fidelity_start": float(fid[0]), "fidelity_min": float(fid.min()), "fidelity_min_step": int(steps[np.argmin(fid)]),
             "fidelity_final": float(fid[-1]), "memorisation_final": float(mem[-1]),
             "first_step_memorisation_ge_0.5": int(steps[mem >= 0.5].min()) if (mem >= 0.5).any() else None,
@@ -187,9 +190,9 @@ def _plot_curves(path, runs, base_noise, real_div):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = ("fidelity", "noise", "memorisation", "diversity")
+    keys = ("fidelity", "noise", "noise_vs_nn", "memorisation", "diversity")
     shots = sorted({v["shots"] for v in runs.values()})
-    fig, axes = plt.subplots(len(shots), 4, figsize=(16, 3.2 * len(shots)), squeeze=False)
+    fig, axes = plt.subplots(len(shots), len(keys), figsize=(20, 3.2 * len(shots)), squeeze=False)
     for i, k in enumerate(shots):
         for name, v in runs.items():
             if v["shots"] != k:
@@ -203,7 +206,8 @@ def _plot_curves(path, runs, base_noise, real_div):
             axes[i, j].set_xlabel("fine-tuning step")
         axes[i, 1].axhline(base_noise, ls="--", c="gray", label="pretrained (0-8)")
         axes[i, 1].axhline(1.0, ls=":", c="k", label="real digits")
-        axes[i, 3].axhline(real_div, ls=":", c="k", label="real 9s")
+        axes[i, 4].axhline(real_div, ls=":", c="k", label="real 9s")
+        axes[i, 2].axhline(1.0, ls=":", c="k", label="copy of nearest")
         axes[i, 1].legend(fontsize=7)
         axes[i, 0].legend(fontsize=7)
     fig.tight_layout()

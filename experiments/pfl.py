@@ -52,6 +52,8 @@ def build(config, data=None):
     data = data if data is not None else load_federated(config)
     model = get_model(config.model, data.num_classes)
     hp = dict(config.hparams.to_dict()) if hasattr(config.hparams, "to_dict") else dict(config.hparams)
+    if config.algorithm == "dbe":
+        hp.setdefault("warmup_data", data)  # DBE's global mean comes from a warm-up on every client's data
     alg = get_algorithm(config.algorithm, model, lr=config.lr, batch_size=config.batch_size,
                         local_epochs=config.local_epochs, **hp)
     return Simulation(alg, data, join_ratio=config.join_ratio, strategy=config.strategy, seed=config.seed), data

@@ -31,14 +31,14 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     # few-shot fine-tuning on K images of the held-out class
     c.shots = (1, 3, 5)
     c.methods = ("plain", "bnn")
-    c.finetune_steps = 1000
-    c.finetune_lr = 1e-3
+    c.finetune_steps = 600
+    c.finetune_lr = 3e-4
     c.finetune_batch = 8
     c.weight_decay = 1e-2
     c.grad_clip = 1.0
     c.prior_weight = 0.0              # DreamBooth prior preservation (real 0..8 digits); 0 disables
     c.eval_every = 25
-    c.eval_samples = 64
+    c.eval_samples = 48
     c.sampler_steps = 50              # DDIM, eta below; one fixed sampler for every curve
     c.sampler_eta = 0.0
     c.mem_threshold = 0.2             # RMS distance in [-1, 1] units to call a sample a copy
@@ -57,13 +57,14 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     if preset == "paper":
         return c
     if preset == "quick":
-        c.pretrain_steps = 600
-        c.classifier_steps = 300
+        c.pretrain_steps = 300
+        c.classifier_steps = 150
         c.eval_per_class = 4
         c.shots = (3,)
-        c.finetune_steps = 100
-        c.eval_every = 50
+        c.finetune_lr = 1e-3
+        c.finetune_steps = 60
+        c.eval_every = 30
         c.eval_samples = 16
-        c.sampler_steps = 20
+        c.sampler_steps = 10
         return c
     raise ValueError(f"unknown preset {preset!r}: use 'quick' or 'paper'")
