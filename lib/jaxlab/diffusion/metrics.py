@@ -110,6 +110,8 @@ def sample_metrics(samples: np.ndarray, train_images: np.ndarray, clf_params: An
     memorisation   fraction of samples whose nearest fine-tune image is within ``mem_threshold`` RMS
     diversity      mean pairwise RMS distance between samples
     nn_rms         mean RMS distance to the nearest fine-tune image
+    noise_vs_nn    mean high-frequency ratio of each sample / that of its nearest fine-tune image
+                   [our choice] (a faithful copy scores 1, so memorising a sharp image is not "noise")
     """
     fs = np.asarray(classifier_features(clf_params, jnp.asarray(samples), num_classes), np.float64)
     ft = np.asarray(classifier_features(clf_params, jnp.asarray(train_images), num_classes), np.float64)
@@ -117,9 +119,12 @@ def sample_metrics(samples: np.ndarray, train_images: np.ndarray, clf_params: An
     ft /= np.linalg.norm(ft, axis=1, keepdims=True) + 1e-12
     fidelity = float((fs @ ft.T).max(1).mean())
     noise = float(high_frequency_ratio(samples).mean() / real_hf)
-    nn_d = pairwise_rms(samples, train_images).min(1)
+    dist = pairwise_rms(samples, train_images)
+    nn_d = dist.min(1)
+    hf_s, hf_t = high_frequency_ratio(samples), high_frequency_ratio(train_images)
+    noise_vs_nn = float((hf_s / np.maximum(hf_t[dist.argmin(1)], 1e-8)).mean())
     d = pairwise_rms(samples, samples)
     n = len(samples)
     diversity = float(d.sum() / (n * (n - 1))) if n > 1 else 0.0
     return {"fidelity": fidelity, "noise": noise, "memorisation": float((nn_d < mem_threshold).mean()),
-            "diversity": diversity, "nn_rms": float(nn_d.mean())}
+            "diversity": diversity, "nn_rms": float(nn_d.mean()), "noise_vs_nn": noise_vs_nn}
