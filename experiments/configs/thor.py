@@ -27,21 +27,21 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     c.sim.noise = 0.02
     c.sim.gammas = (0.0, 0.1, 0.25, 0.5, 1.0)
     c.sim.al_init = 6
-    c.sim.al_step = 4
+    c.sim.al_step = 6
     c.sim.al_max = 60
 
     # Wall clock on this CPU (seconds per iteration)
     c.wall = ml_collections.ConfigDict()
     c.wall.enabled = True
-    c.wall.pool_chains = 48
+    c.wall.pool_chains = 40
     c.wall.heldout = 24
     c.wall.windows = 9
     c.wall.min_window_s = 0.02
     c.wall.heldout_windows = 11
     c.wall.max_train_flops = 1.5e9
     c.wall.al_init = 6
-    c.wall.al_step = 6
-    c.wall.al_max = 48
+    c.wall.al_step = 8
+    c.wall.al_max = 40
 
     # Energy-aware pruning of the digits CNN (wall-clock cost, THOR from the wall-clock fit)
     c.prune = ml_collections.ConfigDict()

@@ -125,3 +125,18 @@ def test_wallclock_variant_measurement_is_positive_and_cached(tmp_path):
     m = P.measure_network(M.wallclock_meter(), net, db, windows=3, min_window_s=0.005)
     assert m.seconds > 0 and math.isnan(m.joules)
     assert len(db) == 1 and db.records[next(iter(db.records))]["rel_spread"] is not None
+
+
+def test_measure_networks_interleaved_records_wall_and_cpu(tmp_path):
+    db = P.ProfileDB(str(tmp_path / "db.jsonl"))
+    chain = Network((8, 8, 1), (Conv(4, 3), Act(), Dense(8)), batch=4)
+    kw = dict(windows=3, min_window_s=0.002)
+    wall = P.measure_networks(M.wallclock_meter(), P.prefixes(chain), db, **kw)
+    assert len(db) == 4 and all(m.seconds > 0 for m in wall)
+    cpu = P.measure_networks(M.wallclock_meter(), P.prefixes(chain), db, clock="cpu", **kw)  # read back, no re-run
+    assert len(db) == 4
+    recs = list(db.records.values())
+    assert sorted(c.seconds for c in cpu) == sorted(r["cpu_seconds"] for r in recs)
+    assert all(len(r["cpu_windows_s"]) == 3 and r["interleaved_with"] == 4 for r in recs)
+    with pytest.raises(ValueError, match="clock"):
+        P.measure_networks(M.wallclock_meter(), P.prefixes(chain), db, clock="gpu", **kw)

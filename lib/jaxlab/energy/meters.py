@@ -17,6 +17,8 @@ Meters here:
 * ``wallclock``  -- ``time.perf_counter``; use :func:`measure_iterations` (one step) or
   :func:`measure_interleaved` (several steps, windows interleaved) for warm-up,
   ``block_until_ready`` and medians over repeated windows.
+* ``cputime``    -- process CPU time (``time.process_time``): time the process actually ran,
+  robust to other jobs on a shared CPU (wall time is not).
 * ``rapl``       -- Linux powercap sysfs (``/sys/class/powercap/intel-rapl*``): package + DRAM
   zones, ``energy_uj`` in microjoules, wraparound at ``max_energy_range_uj``. Since the PLATYPUS
   fix (CVE-2020-8694) ``energy_uj`` is readable by root only; the error says so.
@@ -51,12 +53,12 @@ import numpy as np
 
 __all__ = [
     "Measurement", "Meter", "MeterUnavailableError", "DeviceModel", "LayerCost",
-    "wallclock_meter", "rapl_meter", "nvml_meter", "jetson_meter", "android_meter", "simulated_meter",
+    "wallclock_meter", "cputime_meter", "rapl_meter", "nvml_meter", "jetson_meter", "android_meter", "simulated_meter",
     "measure_iterations", "measure_interleaved", "detect_meters", "get_meter", "METER_NAMES",
     "rapl_zones", "rapl_delta_uj", "read_jetson_power_w", "parse_android_power_w", "integrate_power",
 ]
 
-METER_NAMES = ("wallclock", "rapl", "nvml", "jetson", "android", "simulated")
+METER_NAMES = ("wallclock", "cputime", "rapl", "nvml", "jetson", "android", "simulated")
 
 
 class Measurement(NamedTuple):
@@ -99,6 +101,24 @@ def wallclock_meter() -> Meter:
         return Measurement(float("nan"), time.perf_counter() - t0)
 
     return Meter("wallclock", "seconds", start, stop)
+
+
+def cputime_meter() -> Meter:
+    """Process CPU time (user + system, all threads) as a time meter; joules are NaN.
+
+    On a machine shared with other jobs, wall time includes the time this process waited for a
+    core; CPU time counts only the time it ran, so it is far more repeatable (it still includes
+    cache and memory-bandwidth interference, and counts spinning worker threads).
+    """
+
+    def start():
+        return (time.process_time(), time.perf_counter())
+
+    def stop(token):
+        c0, _ = token
+        return Measurement(float("nan"), time.process_time() - c0)
+
+    return Meter("cputime", "seconds", start, stop)
 
 
 def _block(x):
@@ -157,7 +177,10 @@ def measure_interleaved(meter: Meter, steps: Sequence[Callable[[Any], Any]], sta
     a shared machine lands on all of them alike instead of inflating one; each step's result is
     the median of its windows. This matters for THOR's subtraction, where the per-layer cost is
     the difference of two variants' medians. ``stats`` (a list) receives one dict per step with
-    ``iters``, ``windows_s`` and ``rel_spread``.
+    ``iters``, ``windows_s``, ``rel_spread`` and the same for the process CPU time of each window
+    (``cpu_windows_s``, ``cpu_seconds`` = median, ``cpu_rel_spread``): on a CPU shared with other
+    jobs, wall time includes time spent descheduled, CPU time (all threads of this process)
+    does not.
     """
     if len(steps) != len(states):
         raise ValueError(f"{len(steps)} steps but {len(states)} states")
@@ -175,15 +198,18 @@ def measure_interleaved(meter: Meter, steps: Sequence[Callable[[Any], Any]], sta
         iters.append(int(min(max_iters, max(1, math.ceil(min_window_s / one)))))
     joules = [[] for _ in steps]
     secs = [[] for _ in steps]
+    cpu = [[] for _ in steps]
     for _ in range(windows):
         for k, step in enumerate(steps):
             n = iters[k]
+            c0 = time.process_time()
             token = meter.start()
             st = states[k]
             for _ in range(n):
                 st = step(st)
             _block(st)
             m = meter.stop(token)
+            cpu[k].append((time.process_time() - c0) / n)
             states[k] = st
             joules[k].append(m.joules / n)
             secs[k].append(m.seconds / n)
@@ -193,8 +219,10 @@ def measure_interleaved(meter: Meter, steps: Sequence[Callable[[Any], Any]], sta
         med_j = float("nan") if any(math.isnan(j) for j in joules[k]) else statistics.median(joules[k])
         out.append(Measurement(med_j, med_s))
         if stats is not None:
-            stats.append({"iters": iters[k], "windows_s": secs[k],
-                          "rel_spread": (max(secs[k]) - min(secs[k])) / med_s if med_s > 0 else 0.0})
+            med_c = statistics.median(cpu[k])
+            stats.append({"iters": iters[k], "windows_s": secs[k], "cpu_windows_s": cpu[k], "cpu_seconds": med_c,
+                          "rel_spread": (max(secs[k]) - min(secs[k])) / med_s if med_s > 0 else 0.0,
+                          "cpu_rel_spread": (max(cpu[k]) - min(cpu[k])) / med_c if med_c > 0 else 0.0})
     return out
 
 
@@ -544,7 +572,7 @@ def simulated_meter(device: DeviceModel | None = None, seed: int = 0) -> Meter:
 # Detection
 # ---------------------------------------------------------------------------------------------
 def _try(name: str, **kw) -> tuple[Meter | None, str | None]:
-    builders = {"wallclock": wallclock_meter, "rapl": rapl_meter, "nvml": nvml_meter,
+    builders = {"wallclock": wallclock_meter, "cputime": cputime_meter, "rapl": rapl_meter, "nvml": nvml_meter,
                 "jetson": jetson_meter, "android": android_meter, "simulated": simulated_meter}
     try:
         return builders[name](**kw), None

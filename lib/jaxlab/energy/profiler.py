@@ -461,13 +461,15 @@ def measure_network(meter: Meter, net: Network, db: ProfileDB | None = None, *, 
 
 
 def measure_networks(meter: Meter, nets: Sequence[Network], db: ProfileDB | None = None, *, windows: int = 9,
-                     min_window_s: float = 0.02, warmup: int = 2, tag: str = "") -> list[Measurement]:
+                     min_window_s: float = 0.02, warmup: int = 2, tag: str = "", clock: str = "meter") -> list[Measurement]:
     """Per-iteration costs of several networks, measured together with interleaved windows.
 
     Networks already in ``db`` are read back; the others are compiled (each its own jitted step)
     and measured with :func:`jaxlab.energy.meters.measure_interleaved`, which makes the
     subtraction between a chain's prefix variants robust to load bursts on a shared CPU.
-    Simulated meters just evaluate their device model.
+    Simulated meters just evaluate their device model. Every window also records the process
+    CPU time; ``clock='cpu'`` returns its median as ``seconds`` instead of the meter's reading
+    (same measurement, same DB record).
     """
     from jaxlab.energy.meters import measure_interleaved
 
@@ -484,19 +486,28 @@ def measure_networks(meter: Meter, nets: Sequence[Network], db: ProfileDB | None
         ms = measure_interleaved(meter, steps, [(state, 0.0) for _, state, _ in built], warmup=warmup,
                                  windows=windows, min_window_s=min_window_s, stats=stats)
         for i, m, st in zip(todo, ms, stats):
-            fresh[i] = m
             if db is not None:
                 db.put({"key": keys[i], "meter": meter.name, "network": network_to_json(nets[i]),
                         "joules": None if math.isnan(m.joules) else m.joules, "seconds": m.seconds,
                         "rel_spread": st["rel_spread"], "iters": st["iters"], "windows_s": st["windows_s"],
-                        "interleaved_with": len(todo), "unix": time.time()})
+                        "cpu_seconds": st["cpu_seconds"], "cpu_windows_s": st["cpu_windows_s"],
+                        "cpu_rel_spread": st["cpu_rel_spread"], "interleaved_with": len(todo), "unix": time.time()})
+            fresh[i] = (m, st["cpu_seconds"])
+    if clock not in ("meter", "cpu"):
+        raise ValueError(f"clock={clock!r}: use 'meter' or 'cpu'")
     out = []
     for i, k in enumerate(keys):
         if i in fresh:
-            out.append(fresh[i])
+            m, cpu_s = fresh[i]
         else:
             r = db.get(k)
-            out.append(Measurement(float(r["joules"]) if r["joules"] is not None else float("nan"), float(r["seconds"])))
+            m = Measurement(float(r["joules"]) if r["joules"] is not None else float("nan"), float(r["seconds"]))
+            cpu_s = r.get("cpu_seconds")
+        if clock == "cpu":
+            if cpu_s is None:
+                raise ValueError(f"DB record {k} has no CPU time (measured by an older version); delete the DB line")
+            m = Measurement(float("nan"), float(cpu_s))
+        out.append(m)
     return out
 
 
