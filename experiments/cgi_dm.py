@@ -285,9 +285,10 @@ def run(config, workdir) -> dict:
     pgd_cfg = cgi.pgd_config(mask, 1, steps=config.pgd_steps, rms=config.pgd_rms,
                              steps_per_radius=config.pgd_steps_per_radius)
     eps_fn = fewshot.eps_fn_for(model)
-    objectives = {"cgi_shared": cgi.contrastive_objective(eps_fn, schedule, "shared"),
-                  "cgi_independent": cgi.contrastive_objective(eps_fn, schedule, "independent"),
-                  "finetuned_only": cgi.finetuned_objective(eps_fn, schedule)}
+    mc = config.mc_samples
+    objectives = {"cgi_shared": cgi.contrastive_objective(eps_fn, schedule, "shared", mc_samples=mc),
+                  "cgi_independent": cgi.contrastive_objective(eps_fn, schedule, "independent", mc_samples=mc),
+                  "finetuned_only": cgi.finetuned_objective(eps_fn, schedule, mc_samples=mc)}
     if config.noise != "shared":
         raise ValueError(f"noise={config.noise!r}: the headline uses 'shared'; 'independent' is always run beside it")
     wd.write_config(config, pretrained_cached=cached, unet_params=count_params(pretrained),

@@ -141,37 +141,53 @@ def contrastive_loss(eps_fn: Callable, params_ft: Any, params_pre: Any, schedule
     return l_ft - l_pre
 
 
+def _tile(x, cond, k):
+    """Repeats the batch ``k`` times (``k`` Monte-Carlo draws per example in one model call)."""
+    xk = jnp.concatenate([x] * k, 0) if k > 1 else x
+    ck = jax.tree_util.tree_map(lambda c: jnp.concatenate([c] * k, 0), cond) if k > 1 else cond
+    return xk, ck
+
+
 def contrastive_objective(eps_fn: Callable, schedule: ddpm.Schedule, noise: str = "shared",
-                          t_min: int = 1) -> Objective:
+                          t_min: int = 1, mc_samples: int = 1) -> Objective:
     """The CGI-DM objective ``objective({"ft": p', "pre": p}, x, cond, key) -> [B]``.
 
-    One ``t ~ U{t_min..T-1}`` per example per call (Revelio draws ``t`` in 1..999).
+    ``t ~ U{t_min..T-1}`` per example per draw (Revelio: one draw per PGD step, ``t`` in 1..999);
+    ``mc_samples`` > 1 averages that many (t, noise) draws per call [our choice, variance reduction].
     ``noise='shared'`` uses one ``eps`` for both models [our choice, a variance reduction: the
     difference of two correlated losses]; ``noise='independent'`` draws two, as the authors' code does.
     """
     if noise not in ("shared", "independent"):
         raise ValueError(f"noise={noise!r}: use 'shared' (variance-reduced) or 'independent' (authors' code)")
+    if mc_samples < 1:
+        raise ValueError(f"mc_samples={mc_samples} must be >= 1")
     T = schedule.num_timesteps
 
     def objective(params, x, cond, key):
         kt, k1, k2 = jax.random.split(key, 3)
-        t = jax.random.randint(kt, (x.shape[0],), t_min, T)
-        n1 = jax.random.normal(k1, x.shape, x.dtype)
-        n2 = n1 if noise == "shared" else jax.random.normal(k2, x.shape, x.dtype)
-        return contrastive_loss(eps_fn, params["ft"], params["pre"], schedule, x, t, n1, n2, cond)
+        xk, ck = _tile(x, cond, mc_samples)
+        t = jax.random.randint(kt, (xk.shape[0],), t_min, T)
+        n1 = jax.random.normal(k1, xk.shape, x.dtype)
+        n2 = n1 if noise == "shared" else jax.random.normal(k2, xk.shape, x.dtype)
+        v = contrastive_loss(eps_fn, params["ft"], params["pre"], schedule, xk, t, n1, n2, ck)
+        return v.reshape(mc_samples, x.shape[0]).mean(0)
 
     return objective
 
 
-def finetuned_objective(eps_fn: Callable, schedule: ddpm.Schedule, t_min: int = 1) -> Objective:
+def finetuned_objective(eps_fn: Callable, schedule: ddpm.Schedule, t_min: int = 1, mc_samples: int = 1) -> Objective:
     """Ablation: inversion with the fine-tuned model alone, ``MSE(eps_ft(q(x,t,n)), n)`` (uses ``params["ft"]``)."""
+    if mc_samples < 1:
+        raise ValueError(f"mc_samples={mc_samples} must be >= 1")
     T = schedule.num_timesteps
 
     def objective(params, x, cond, key):
         kt, k1 = jax.random.split(key)
-        t = jax.random.randint(kt, (x.shape[0],), t_min, T)
-        n = jax.random.normal(k1, x.shape, x.dtype)
-        return _mse(eps_fn(params["ft"], ddpm.q_sample(schedule, x, t, n), t, cond), n)
+        xk, ck = _tile(x, cond, mc_samples)
+        t = jax.random.randint(kt, (xk.shape[0],), t_min, T)
+        n = jax.random.normal(k1, xk.shape, x.dtype)
+        v = _mse(eps_fn(params["ft"], ddpm.q_sample(schedule, xk, t, n), t, ck), n)
+        return v.reshape(mc_samples, x.shape[0]).mean(0)
 
     return objective
 
