@@ -113,7 +113,8 @@ def _client_update_fn(model, lr, batch_size, local_epochs, poison_key, poison_da
     local = LocalSGD(model, lr, batch_size, local_epochs)
 
     def client_update(bc, cs, data, key):
-        k_poison, k_train = jax.random.split(key)
+        # the training key is the engine's key itself, so honest clients draw FedAvg's batches
+        k_poison, k_train = jax.random.fold_in(key, 7), key
         if poison_data is not None:
             px, py = poison_data(data["train_x"], data["train_y"], data["train_n"], k_poison)
             data = dict(data, train_x=jnp.where(cs["malicious"], px, data["train_x"]),

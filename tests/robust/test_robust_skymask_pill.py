@@ -1,0 +1,210 @@
+"""SkyMask's mask training against a float64 NumPy forward/backward, its GMM split on a planted
+case; Pill's chained construction and Sim/DistAdjust; the FL wrapper inside the shared engine."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlab.fl.robust.flat import flattener
+from jaxlab.fl.robust.pill import pill_attack, pill_mask, sim_dist_adjust
+from jaxlab.fl.robust.skymask import classify_masks, skymask, train_masks
+
+DIN, C = 5, 3
+
+
+@pytest.fixture(scope="module")
+def tiny_fed():
+    from jaxlab.data import load_dataset, make_federated
+
+    x, y, _ = load_dataset("digits8")
+    return make_federated(x[:600], y[:600], 6, "iid", num_classes=10)
+
+
+def _softmax_regression(rng, m=20):
+    x = rng.normal(size=(m, DIN))
+    y = rng.integers(0, C, m)
+    return x, y
+
+
+def jax_loss(x, y):
+    xj, yj = jnp.asarray(x, jnp.float32), jnp.asarray(y)
+
+    def loss(flat):
+        w, b = flat[:DIN * C].reshape(DIN, C), flat[DIN * C:]
+        logp = jax.nn.log_softmax(xj @ w + b)
+        return -jnp.take_along_axis(logp, yj[:, None], 1).mean()
+
+    return loss
+
+
+def np_train_masks(cands, x, y, epochs, lr=1e7, clip=1e-7):
+    m = np.ones_like(cands)
+    first = None
+    for e in range(epochs):
+        s = 1 / (1 + np.exp(-m))
+        tot = s.sum(0)
+        mixed = (s * cands).sum(0) / tot
+        w, b = mixed[:DIN * C].reshape(DIN, C), mixed[DIN * C:]
+        z = x @ w + b
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        loss = -np.log(p[np.arange(len(y)), y]).mean()
+        dz = p.copy()
+        dz[np.arange(len(y)), y] -= 1
+        dz /= len(y)
+        dmixed = np.concatenate([(x.T @ dz).ravel(), dz.sum(0)])
+        grad = dmixed * s * (1 - s) * (cands - mixed) / tot
+        first = loss if e == 0 else first
+        if e == 10 and first - loss < 1e-2:
+            break
+        m = m - lr * np.clip(grad, -clip, clip)
+    return m
+
+
+def test_mask_training_matches_numpy_float64():
+    rng = np.random.default_rng(0)
+    x, y = _softmax_regression(rng)
+    cands = rng.normal(size=(6, DIN * C + C))
+    for epochs in (3, 20):
+        ref = np_train_masks(cands, x, y, epochs)
+        got, _ = jax.jit(lambda c: train_masks(c, jax_loss(x, y), epochs=epochs))(jnp.asarray(cands, jnp.float32))
+        # logits move by integers-or-less per step; compare the values and the binarisation
+        np.testing.assert_allclose(got, ref, rtol=1e-3, atol=2e-3)
+        clear = np.abs(ref) > 1e-2  # logits start at 1 and move by <= 1, so many sit exactly at 0
+        assert ((np.asarray(got) > 0) == (ref > 0))[clear].all()
+
+
+def test_gmm_puts_planted_attackers_outside_the_server_cluster():
+    rng = np.random.default_rng(1)
+    server = (rng.random(400) > 0.5).astype(np.float32)
+    benign = np.array([np.where(rng.random(400) < 0.05, 1 - server, server) for _ in range(10)])
+    attack = np.tile(np.where(rng.random(400) < 0.6, 1 - server, server), (4, 1))
+    masks = jnp.asarray(np.vstack([attack, benign, server[None]]))
+    flags = np.asarray(classify_masks(masks, 0))
+    assert flags[-1] and flags[4:14].all() and not flags[:4].any()
+
+
+def test_skymask_end_to_end_flags_model_that_hurts_root_loss():
+    """Candidates: 8 near-good models (close to the root-trained one) and 3 copies of a model with
+    the opposite sign; the bad ones must be flagged and the aggregate is the mean of the rest."""
+    rng = np.random.default_rng(2)
+    x, y = _softmax_regression(rng, 60)
+    loss = jax_loss(x, y)
+    w = jnp.zeros(DIN * C + C)
+    good = -np.asarray(jax.grad(loss)(w))  # one gradient step direction
+    g_good = -(good * 5.0)[None] + 0.5 * rng.normal(size=(8, DIN * C + C))   # updates g = w - w_local
+    g_bad = np.tile(good * 5.0, (3, 1))
+    g = jnp.asarray(np.vstack([g_bad, g_good]), jnp.float32)
+    out = skymask(g, None, jax.random.PRNGKey(0), root_update=jnp.asarray(-good * 5.0, jnp.float32), global_flat=w,
+                  loss_of_flat=loss)
+    kept = np.asarray(out.benign)
+    assert not kept[:3].any() and kept[3:].sum() >= 6
+    np.testing.assert_allclose(out.update, np.asarray(g)[kept].mean(0), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="global_flat"):
+        skymask(g, None, None, root_update=g[0], global_flat=jnp.zeros(3), loss_of_flat=loss)
+
+
+# ------------------------------------------------------------------------------------ Pill
+
+def _mlp_params(rng):
+    return {"base": {"fc0": {"kernel": jnp.asarray(rng.normal(size=(6, 5)), jnp.float32), "bias": jnp.zeros(5)},
+                     "fc1": {"kernel": jnp.asarray(rng.normal(size=(5, 4)), jnp.float32), "bias": jnp.zeros(4)}},
+            "head": {"kernel": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32), "bias": jnp.zeros(3)}}
+
+
+def test_pill_mask_chains_max_units():
+    rng = np.random.default_rng(3)
+    p = _mlp_params(rng)
+    mask, units = pill_mask(p, "max")
+    k0, k1, kh = (np.asarray(p["base"]["fc0"]["kernel"]), np.asarray(p["base"]["fc1"]["kernel"]),
+                  np.asarray(p["head"]["kernel"]))
+    u0 = int(np.abs(k0).sum(0).argmax())
+    u1 = int(np.abs(k1[u0]).argmax())
+    assert units.tolist()[:2] == [u0, u1]
+    m = flattener(p).unflatten(mask)
+    assert np.asarray(m["base"]["fc0"]["kernel"])[:, u0].all() and np.asarray(m["base"]["fc0"]["kernel"]).sum() == 6
+    assert np.asarray(m["base"]["fc1"]["kernel"])[:, u1].all() and np.asarray(m["base"]["fc1"]["kernel"]).sum() == 5
+    assert np.asarray(m["head"]["kernel"])[u1].all() and np.asarray(m["head"]["kernel"]).sum() == 3
+    assert float(mask.sum()) == (6 + 1) + (5 + 1) + (3 + 3)
+    units_min = pill_mask(p, "min")[1]
+    assert int(units_min[0]) == int(np.abs(k0).sum(0).argmin())
+    with pytest.raises(ValueError, match="pill search"):
+        pill_mask(p, "biggest")
+
+
+def test_sim_dist_adjust_hits_both_targets():
+    rng = np.random.default_rng(4)
+    g_hat = rng.normal(size=50) + 1.0
+    mask = np.zeros(50)
+    mask[:6] = 1
+    pill = -3.0 * mask * rng.normal(size=50)
+    carrier = (g_hat + 0.3 * rng.normal(size=50)) * (1 - mask)
+    args = (jnp.asarray(pill, jnp.float32), jnp.asarray(carrier, jnp.float32), jnp.asarray(g_hat, jnp.float32), 0.9)
+    out = np.asarray(sim_dist_adjust(*args, 6.0), np.float64)
+    cos = out @ g_hat / (np.linalg.norm(out) * np.linalg.norm(g_hat))
+    assert abs(cos - 0.9) < 1e-3 and abs(np.linalg.norm(out - g_hat) - 6.0) < 1e-3
+    # an unreachable distance (below |g_hat| sin(angle)) gives the closest point on the ray
+    out = np.asarray(sim_dist_adjust(*args, 0.5), np.float64)
+    closest = np.linalg.norm(g_hat) * np.sqrt(1 - 0.9 ** 2)
+    assert abs(np.linalg.norm(out - g_hat) - closest) < 1e-3 * closest
+    # the pill coordinates keep the poison's direction
+    assert np.all(np.sign(out[:6]) == np.sign(pill[:6]))
+
+
+def test_pill_attack_rewrites_only_malicious_rows_and_needs_params():
+    from jaxlab.fl.robust.attacks import make_attack
+
+    rng = np.random.default_rng(5)
+    p = _mlp_params(rng)
+    d = flattener(p).size
+    g = jnp.asarray(rng.normal(size=(8, d)), jnp.float32)
+    is_mal = jnp.arange(8) < 3
+    at = pill_attack(make_attack("sign_flip"))
+    out = np.asarray(at.apply(g, is_mal, jax.random.PRNGKey(0), {"params": p}))
+    np.testing.assert_array_equal(out[3:], np.asarray(g)[3:])
+    assert not np.allclose(out[:3], np.asarray(g)[:3])
+    with pytest.raises(ValueError, match="params"):
+        at.apply(g, is_mal, jax.random.PRNGKey(0))
+
+
+# ------------------------------------------------------------------------------------ FL wrapper
+
+def test_robust_fedavg_equals_fedavg_in_the_engine(tiny_fed):
+    """With the plain mean and no attack the wrapper is FedAvg: same global model after a round."""
+    from jaxlab.fl.algorithms.fedavg import fedavg
+    from jaxlab.fl.engine import Simulation
+    from jaxlab.fl.robust.defenses import make_aggregator
+    from jaxlab.fl.robust.fl import robust_fedavg
+    from jaxlab.models import make_mlp
+
+    model = make_mlp(10, hidden=(8,))
+    mal = np.zeros(tiny_fed.num_clients, bool)
+    a = Simulation(robust_fedavg(model, defense=make_aggregator("fedavg"), malicious=mal, lr=0.05), tiny_fed,
+                   strategy="sequential", seed=3)
+    b = Simulation(fedavg(model, lr=0.05), tiny_fed, strategy="sequential", seed=3)
+    a.run(1, show_progress=False)
+    b.run(1, show_progress=False)
+    pa, pb = a.final_state[0]["params"], b.final_state[0]["params"]
+    for la, lb in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb)):
+        np.testing.assert_allclose(la, lb, rtol=1e-4, atol=1e-5)
+
+
+def test_robust_fedavg_counts_detection_and_rejects_bad_setup(tiny_fed):
+    from jaxlab.fl.robust.attacks import make_attack
+    from jaxlab.fl.robust.defenses import make_aggregator
+    from jaxlab.fl.robust.fl import robust_fedavg, simulate
+    from jaxlab.models import make_mlp
+
+    model = make_mlp(10, hidden=(8,))
+    n = tiny_fed.num_clients
+    mal = np.arange(n) < 1
+    alg = robust_fedavg(model, defense=make_aggregator("multikrum", f=1), malicious=mal,
+                        attack=make_attack("gaussian", sigma=10.0), lr=0.05)
+    out = simulate(alg, tiny_fed, 2)
+    assert out["det"]["tp"] == 2 and out["det"]["fn"] == 0 and out["fnr"] == 0.0  # 2 rounds x 1 attacker
+    assert out["det"]["tp"] + out["det"]["fp"] + out["det"]["fn"] + out["det"]["tn"] == 2 * n
+    with pytest.raises(ValueError, match="root"):
+        robust_fedavg(model, defense=make_aggregator("fltrust"), malicious=mal)
+    with pytest.raises(ValueError, match="malicious"):
+        simulate(robust_fedavg(model, defense=make_aggregator("fedavg"), malicious=mal[:-1]), tiny_fed, 1)
