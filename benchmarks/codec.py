@@ -14,6 +14,9 @@ amount of model data:
   integer coefficients in [0, 128) (their RLNC); decode = ``np.linalg.solve`` on 9 parity blocks.
   Not exact (the parity-only 9x9 system has condition number ~5e11; the max relative decode error
   is printed).
+
+All codecs run with BLAS pinned to one thread (the 2 cores are shared; multithreaded OpenBLAS
+hand-offs made every codec several times slower under load), and the load average is printed.
 * galois GF(2^8) (``galois.GF(2**8)`` FieldArray matmul / inverse): bytes as symbols. It is much
   slower, so it is timed on ``--galois_kb`` KB blocks (after a warm-up call that JIT-compiles it)
   and reported in MB/s; ratios are MB/s over MB/s.
@@ -118,6 +121,7 @@ def main(argv=None) -> dict:
     print("command:", "python -m benchmarks.codec " + " ".join(sys.argv[1:]))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{platform.platform()}, numpy {np.__version__}")
+    print(f"load average: {os.getloadavg()}; BLAS pinned to 1 thread for every codec (shared cores)")
     rng = np.random.default_rng(0)
     g = bench_galois(a.galois_kb * 1024, a.repeat, rng)
     print(f"galois GF(2^8), k=9 x {a.galois_kb} KB blocks: encode {g['encode']:.2f} MB/s, "
@@ -143,4 +147,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):  # same setting for all three codecs
+        main()

@@ -118,7 +118,7 @@ def _plots(wd: Workdir, results: dict, scenarios: list[str]) -> None:
 
     # timeline: per round, download / training / upload segments for both protocols (first scenario)
     sc = scenarios[0]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharey=True, sharex=True)
     for ax, mode in zip(axes, ("fedcod", "star")):
         rows = results[sc][mode]["rows"]
         t = 0.0
