@@ -134,14 +134,21 @@ def _aggregate(root: Workdir, datasets, methods, seeds, horizon: int):
     cells, curves = {}, {}
     for ds in datasets:
         for name in methods:
-            figs, accs = [], []
+            figs, accs, partial = [], [], []
             for seed in seeds:
                 rows = Workdir(os.path.join(root.path, ds.tag, name, f"seed{seed}")).read_metrics()
                 f = horizon_figures(rows, horizon)
                 if f is not None:
                     figs.append(f)
                     accs.append([r["acc"] for r in rows if "acc" in r and r["step"] <= horizon])
+                elif any("acc" in r for r in rows):
+                    partial.append([r["acc"] for r in rows if "acc" in r and r["step"] <= horizon])
             if not figs:
+                if partial:  # unfinished: say how far it got, and draw what there is
+                    n = min(len(a) for a in partial)
+                    cells[(ds.tag, name)] = {"incomplete": True, "reached_round": n - 1,
+                                             "best_so_far": float(max(max(a[:n]) for a in partial)) * 100}
+                    curves[(ds.tag, name)] = np.mean(np.array([a[:n] for a in partial]), axis=0)
                 continue
             best = np.array([f["best_acc"] for f in figs]) * 100
             last = np.array([f["last_acc"] for f in figs]) * 100
@@ -164,6 +171,9 @@ def _write_table(root: Workdir, cells, datasets, methods, horizon: int) -> tuple
             if c is None:
                 row[ds.tag] = "not run"
                 continue
+            if c.get("incomplete"):
+                row[ds.tag] = f"unfinished: at round {c['reached_round']}, best so far {c['best_so_far']:.2f}"
+                continue
             row[ds.tag] = (f"{c['best_mean']:.2f}±{c['best_std']:.2f} ({c['last_mean']:.2f}±{c['last_std']:.2f})"
                            if c["seeds"] > 1 else f"{c['best_mean']:.2f} ({c['last_mean']:.2f})")
             flat.append({"dataset": ds.tag, "method": name, "rounds": horizon, **c,
@@ -181,7 +191,7 @@ def _write_table(root: Workdir, cells, datasets, methods, horizon: int) -> tuple
     return table, flat
 
 
-def _plot(root: Workdir, curves, datasets, methods, horizon: int) -> str:
+def _plot(root: Workdir, curves, cells, datasets, methods, horizon: int) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -192,7 +202,8 @@ def _plot(root: Workdir, curves, datasets, methods, horizon: int) -> str:
         for name in methods:
             c = curves.get((ds.tag, name))
             if c is not None:
-                ax.plot(np.arange(len(c)), c * 100, label=name, lw=1.2)
+                unfinished = cells.get((ds.tag, name), {}).get("incomplete")
+                ax.plot(np.arange(len(c)), c * 100, label=name + (" (unfinished)" if unfinished else ""), lw=1.2)
         ax.set_title(ds.tag)
         ax.set_xlabel("round")
         ax.set_ylabel("personalised test accuracy (%)")
@@ -225,7 +236,7 @@ def run(config, workdir: str) -> dict:
         cells, curves = _aggregate(root, datasets, methods, seeds, horizon)
         table, flat = _write_table(root, cells, datasets, methods, horizon)
         if curves:
-            _plot(root, curves, datasets, methods, horizon)
+            _plot(root, curves, cells, datasets, methods, horizon)
         summary["tables"][str(horizon)] = flat
         print(table, flush=True)
         root.write_summary({**summary, "seconds": time.perf_counter() - t0})
