@@ -24,7 +24,9 @@ tiny-imagenet) or ``iid``.
 Method hyperparameters are the published ones, each named here: DBE ``kappa=50, momentum=1``
 ([DBE-repo] run_me.sh); GPFL ``lam=0.01, mu=0.1`` for the 4-layer CNN / MLP, ``lam=1e-4, mu=0``
 for ResNet-18 / fastText ([GPFL-repo] run_me.sh, GPFL issue #6); FedCP ``lam=5`` ([FedCP-repo]
-run_me.sh). The baselines use their constructors' defaults.
+run_me.sh). The baselines use their constructors' defaults. ``hparams`` follow ``model`` only when
+the config is built (``method_hparams(model)``); after ``--config.model=resnet18`` also pass
+``--config.hparams.gpfl.lam=1e-4 --config.hparams.gpfl.mu=0``.
 """
 
 from ml_collections import ConfigDict
