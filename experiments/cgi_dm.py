@@ -35,6 +35,9 @@ from jaxlab.utils.workdir import Workdir, markdown_table
 
 PRETRAIN_KEYS = ("seed", "resolution", "held_out_class", "channels", "schedule", "num_timesteps",
                  "pretrain_steps", "pretrain_lr", "pretrain_batch")
+RESULT_KEYS = ("seed", "n_members", "n_holdouts", "n_target_models", "n_shadow_models", "finetune_steps",
+               "finetune_lr", "finetune_batch", "mask", "mask_cell", "keep_fraction", "fill", "pgd_steps", "pgd_rms",
+               "pgd_steps_per_radius", "mc_samples", "baseline_noise_draws")
 RECOVERY_METHODS = ("cgi_shared", "cgi_independent", "finetuned_only", "random")
 SCORE_METHODS = ("loss_mia", "contrastive_no_inversion")
 SCORES = ("neg_l2", "ssim", "cosine", "split_max_cosine")
@@ -150,9 +153,14 @@ def _model_run(wd, config, split, model, schedule, pretrained, clf, mask, object
     out_dir = wd.file(os.path.join("models", split["name"]))
     os.makedirs(out_dir, exist_ok=True)
     res_path = os.path.join(out_dir, "result.npz")
+    sig = json.dumps({k: config[k] for k in RESULT_KEYS}, sort_keys=True, default=list)
     if os.path.exists(res_path):
         with np.load(res_path) as z:
-            return {k: z[k] for k in z.files}, True
+            res = {k: z[k] for k in z.files}
+        if str(res.get("config_signature")) != sig:
+            raise ValueError(f"{res_path} was computed with {res.get('config_signature')}, not {sig}: "
+                             "use a fresh --workdir (or delete models/) to change these settings")
+        return res, True
     t0 = time.time()
     members, holdouts = split["members"], split["holdouts"]
     label = config.held_out_class
@@ -187,6 +195,7 @@ def _model_run(wd, config, split, model, schedule, pretrained, clf, mask, object
     out["score_contrastive_no_inversion"] = cgi.contrastive_scores(eps_fn, params_ft, pretrained, schedule, x, k_base,
                                                                    cond, n_noise=config.baseline_noise_draws)
     out["seconds"] = np.array([t_ft, time.time() - t0])
+    out["config_signature"] = np.array(sig)
     np.savez(res_path + ".tmp.npz", **out)
     os.replace(res_path + ".tmp.npz", res_path)
     return out, False
