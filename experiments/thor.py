@@ -130,7 +130,8 @@ def study_sim(cfg, wd: Workdir, log) -> dict:
             out["scatter"] = {"truth": truth, **{k: pred[k] for k in ("thor", "flops", "neuralpower")}, "family": fams}
             sbc = _chain_samples(chains, costs)
             al = _al_curves(cfg.sim, chains, sbc,
-                            lambda m: T.mape([T.estimate(m, n).total for n in held], truth), cfg.seed, 3, cfg.gp_steps)
+                            lambda m: T.mape([T.estimate(m, n).total for n in held], truth), cfg.seed,
+                            cfg.sim.al_random_seeds, cfg.gp_steps)
             out["active_learning"] = al
             for n, v, r in zip(al["n_chains"], al["variance"], al["random_mean"]):
                 log(study="sim_al", n_chains=n, mape_variance=v, mape_random=r)
@@ -183,7 +184,7 @@ def study_wall(cfg, wd: Workdir, log):
         costs, measured = fitted["cpu"]
         sbc = _chain_samples(chains, costs)
         al = _al_curves(cfg.wall, chains, sbc, lambda m: T.mape([T.estimate(m, n).total for n in held], measured),
-                        cfg.seed, 2, cfg.gp_steps)
+                        cfg.seed, cfg.wall.al_random_seeds, cfg.gp_steps)
         out["cpu"]["active_learning"] = al
         for n, v, r in zip(al["n_chains"], al["variance"], al["random_mean"]):
             log(study="cpu_al", n_chains=n, mape_variance=v, mape_random=r)
@@ -332,6 +333,10 @@ def run(config, workdir) -> dict:
         summary.update(walls)
         if config.prune.enabled:
             summary["prune"] = study_prune(config, wd, log, meter, db, chains, costs)
+    elif config.prune.enabled:
+        # pruning on its own: THOR fitted on the CNN-shaped profiling chains only
+        summary["prune"] = study_prune(config, wd, log, M.wallclock_meter(),
+                                       P.ProfileDB(wd.file("profile_db_wallclock.jsonl")), [], [])
     summary["seconds"] = time.perf_counter() - t0
     _plots(wd, summary)
     rows = []

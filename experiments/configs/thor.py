@@ -29,6 +29,7 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     c.sim.al_init = 6
     c.sim.al_step = 6
     c.sim.al_max = 60
+    c.sim.al_random_seeds = 3
 
     # Wall clock on this CPU (seconds per iteration)
     c.wall = ml_collections.ConfigDict()
@@ -42,6 +43,7 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     c.wall.al_init = 6
     c.wall.al_step = 8
     c.wall.al_max = 40
+    c.wall.al_random_seeds = 2
 
     # Energy-aware pruning of the digits CNN (wall-clock cost, THOR from the wall-clock fit)
     c.prune = ml_collections.ConfigDict()
@@ -55,14 +57,15 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     c.prune.extra_chains = 24  # profiling chains drawn around the CNN's layer shapes
 
     if preset == "quick":
-        c.gp_steps = 200
+        c.gp_steps = 150
         c.sim.pool_chains = 40
         c.sim.heldout = 20
-        c.sim.gammas = (0.0, 0.5, 1.0)
+        c.sim.gammas = (0.0, 1.0)
         c.sim.al_init = 6
-        c.sim.al_step = 6
+        c.sim.al_step = 12
         c.sim.al_max = 30
-        c.wall.pool_chains = 10
+        c.sim.al_random_seeds = 1
+        c.wall.pool_chains = 8
         c.wall.heldout = 6
         c.wall.windows = 5
         c.wall.heldout_windows = 7
