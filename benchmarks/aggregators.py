@@ -36,8 +36,15 @@ def np_krum_scores(d, k, valid):
     return np.where(valid, cs[:, max(min(k, n - 1), 1) - 1], np.inf)
 
 
+_CHOICE: dict = {}
+
+
 def fastest(*fns):
-    """Runs every candidate once and returns the result of the fastest (and its name)."""
+    """Times every candidate on its first call and from then on runs only the fastest (so the
+    timed NumPy baseline is the better of e.g. np.sort and np.partition, not both)."""
+    key = tuple(name for name, _ in fns)
+    if key in _CHOICE:
+        return dict(fns)[_CHOICE[key]]()
     best = None
     for name, fn in fns:
         t0 = time.perf_counter()
@@ -45,6 +52,7 @@ def fastest(*fns):
         dt = time.perf_counter() - t0
         if best is None or dt < best[0]:
             best = (dt, name, out)
+    _CHOICE[key] = best[1]
     return best[2]
 
 
@@ -221,6 +229,7 @@ def main(argv=None):
         diff = float(np.max(np.abs(out_j - out_n))) if name not in ("dnc", "flame") else float("nan")
         print(f"{name:14s} {t_np:9.3f} {t_jax:9.3f} {t_np / t_jax:8.2f}x {t_compile:10.1f}  {diff:.2e}", flush=True)
     print("# dnc/flame: max|diff| not compared (different random coordinate samples / noise draws)")
+    print("# numpy variants used: " + "; ".join(f"{'/'.join(k)} -> {v}" for k, v in _CHOICE.items()))
 
 
 if __name__ == "__main__":

@@ -124,6 +124,8 @@ def run(config, workdir) -> dict:
     s = setup(config)
     rows = []
     cells = [(a, d, False) for a in config.attacks for d in config.defenses]
+    if ("none", "fedavg", False) not in cells:  # the no-attack FedAvg reference every headline needs
+        cells.insert(0, ("none", "fedavg", False))
     cells += [(a, d, True) for a in config.pill_attacks for d in config.pill_defenses]
     for i, (a, d, p) in enumerate(cells):
         row = run_cell(s, a, d, config.attacker_fraction, p)
