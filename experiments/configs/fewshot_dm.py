@@ -57,7 +57,11 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     if preset == "paper":
         return c
     if preset == "quick":
-        c.pretrain_steps = 300
+        # a smoke preset: too short for a good model (the paper preset's pretraining is 3000 steps);
+        # a rerun in the same workdir reuses the cached classifier, pretrained UNet and runs
+        c.pretrain_steps = 600
+        c.pretrain_batch = 32
+        c.pretrain_lr = 3e-3
         c.classifier_steps = 150
         c.eval_per_class = 4
         c.shots = (3,)

@@ -83,3 +83,13 @@ def test_sample_metrics_on_copies():
     d = np.sqrt(((x[0] - x[1]) ** 2).mean())
     m2 = metrics.sample_metrics(x[:2], x[2:], clf, real_hf=1.0, mem_threshold=0.05)
     assert m2["diversity"] == pytest.approx(d, rel=1e-6) and m2["memorisation"] == 0.0
+
+
+def test_fewshot_dm_presets():
+    from experiments.configs.fewshot_dm import get_config
+
+    q, p = get_config("quick"), get_config("paper")
+    assert p.shots == (1, 3, 5) and p.bnn.kl_weight == 0.0 and p.bnn.init_sigma == 0.01  # released scripts
+    assert q.pretrain_steps < p.pretrain_steps and q.finetune_steps < p.finetune_steps
+    with pytest.raises(ValueError, match="unknown preset"):
+        get_config("huge")
