@@ -21,7 +21,7 @@ from absl import app, flags
 from jaxlab.utils.workdir import Workdir, markdown_table
 
 # In the order a reader meets them; a module that is not there yet is skipped and listed.
-SYSTEMS = ["pfl", "robust", "fedcod", "thor", "fewshot_dm", "cgi_dm", "chrion"]
+SYSTEMS = ["pfl", "pfl_table", "robust", "fedcod", "thor", "fewshot_dm", "cgi_dm", "chrion"]
 
 flags.DEFINE_string("workdir", "runs/tour", "Folder for every system's run and the tour table.")
 flags.DEFINE_list("only", [], "Run only these systems (default: all).")
