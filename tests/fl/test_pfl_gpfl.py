@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlab.data import load_dataset, make_federated
 from jaxlab.fl.algorithm import data_spec_of, tree_index, tree_stack
 from jaxlab.fl.algorithms import get_algorithm
 from jaxlab.fl.algorithms.gpfl import (ConditionalValve, _valve, gpfl, gpfl_loss, label_frequency,
@@ -16,24 +15,7 @@ from jaxlab.fl.algorithms.dbe import classify, features
 from jaxlab.fl.engine import Simulation
 from jaxlab.models import get_model
 from jaxlab.utils.workdir import Workdir
-
-
-def tiny_data(num_clients=3):
-    x, y, nc = load_dataset("digits8")
-    return make_federated(x[:600], y[:600], num_clients, "dir", alpha=1.0, num_classes=nc, seed=3)
-
-
-def tiny_model(num_classes=10, hidden=8):
-    return get_model("mlp", num_classes, hidden=(hidden,))
-
-
-def numeric_grad(f, theta, eps=1e-6):
-    g = np.zeros_like(theta)
-    for i in range(theta.size):
-        e = np.zeros_like(theta)
-        e[i] = eps
-        g[i] = (f(theta + e) - f(theta - e)) / (2 * eps)
-    return g
+from tests.fl.pfl_helpers import numeric_grad, tiny_data, tiny_model
 
 
 def np_log_softmax(a):
