@@ -59,7 +59,7 @@ def test_masked_steps_change_nothing():
     batches, mask = client_batches(x, y, n, jax.random.PRNGKey(1), b)
     assert int(mask.sum()) == 0
     lt = make_local_train(classifier_loss(m), optax.sgd(0.1))
-    p1, _, met = lt(params, (), batches, mask, jax.random.PRNGKey(2))
+    p1, _, met = lt(params, optax.sgd(0.1).init(params), batches, mask, jax.random.PRNGKey(2))
     for a, r in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(params)):
         np.testing.assert_array_equal(a, r)
     assert float(met["loss"]) == 0.0
