@@ -138,12 +138,35 @@ def study_sim(cfg, wd: Workdir, log) -> dict:
     return out
 
 
+def _kinds(net) -> set:
+    return {p.kind for p in P.place(net)}
+
+
+def _cover_kinds(rng, space, chains, held, max_tries: int = 500):
+    """Adds sampled chains until every layer kind of the held-out models was profiled.
+
+    A small pool (the quick preset) can miss a kind, e.g. BatchNorm, and there is no GP to
+    estimate a kind that was never profiled."""
+    need = set().union(*(_kinds(n) for n in held)) if held else set()
+    have = set().union(*(_kinds(c) for c in chains)) if chains else set()
+    chains = list(chains)
+    for _ in range(max_tries):
+        if need <= have:
+            break
+        c = T.sample_chain(rng, space)
+        if _kinds(c) - have:
+            chains.append(c)
+            have |= _kinds(c)
+    return chains
+
+
 def study_wall(cfg, wd: Workdir, log):
     """Wall-clock study; the same measurements also give a process-CPU-time study ("cpu")."""
     rng = np.random.default_rng(cfg.seed + 100)
     space = T.DesignSpace(max_train_flops=cfg.wall.max_train_flops)
     chains = [T.sample_chain(rng, space) for _ in range(cfg.wall.pool_chains)]
     held, fams = _heldout(rng, cfg.wall.heldout, space)
+    chains = _cover_kinds(rng, space, chains, held)
     meter = M.wallclock_meter()
     db = P.ProfileDB(wd.file("profile_db_wallclock.jsonl"))
     kw = dict(windows=cfg.wall.windows, min_window_s=cfg.wall.min_window_s)
