@@ -142,21 +142,25 @@ def _kinds(net) -> set:
     return {p.kind for p in P.place(net)}
 
 
-def _cover_kinds(rng, space, chains, held, max_tries: int = 500):
-    """Adds sampled chains until every layer kind of the held-out models was profiled.
+def _cover_kinds(rng, space, chains, held, min_chains: int = 3, max_tries: int = 2000):
+    """Adds sampled chains until every layer kind of the held-out models was profiled in at least
+    ``min_chains`` chains.
 
-    A small pool (the quick preset) can miss a kind, e.g. BatchNorm, and there is no GP to
-    estimate a kind that was never profiled."""
+    A small pool (the quick preset) can miss a kind, e.g. BatchNorm, and a GP needs a few samples
+    of a kind to estimate it (``fit_thor`` skips kinds with fewer than 2)."""
+    from collections import Counter
+
     need = set().union(*(_kinds(n) for n in held)) if held else set()
-    have = set().union(*(_kinds(c) for c in chains)) if chains else set()
+    count = Counter(k for c in chains for k in _kinds(c))
     chains = list(chains)
     for _ in range(max_tries):
-        if need <= have:
+        short = {k for k in need if count[k] < min_chains}
+        if not short:
             break
         c = T.sample_chain(rng, space)
-        if _kinds(c) - have:
+        if _kinds(c) & short:
             chains.append(c)
-            have |= _kinds(c)
+            count.update(_kinds(c))
     return chains
 
 
