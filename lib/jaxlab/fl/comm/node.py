@@ -321,7 +321,8 @@ class Node:
             p.alive = False
 
     def on_frame(self, fr: Frame) -> None:
-        raise NotImplementedError
+        """Handles one authenticated frame; the server and client roles override it."""
+        raise NotImplementedError(f"{type(self).__name__} must override on_frame (the base node has no role)")
 
     def stale(self, fr: Frame, current: int) -> bool:
         if fr.round < current:
