@@ -8,14 +8,11 @@ import numpy as np
 import pytest
 
 from jaxlab.fl.algorithm import data_spec_of, tree_index
-from jaxlab.fl.algorithms import get_algorithm
 from jaxlab.fl.algorithms.common import LocalSGD
 from jaxlab.fl.algorithms.dbe import dbe, dbe_loss
-from jaxlab.fl.engine import Simulation
 from jaxlab.models import get_model
 from jaxlab.train.local import client_batches
-from jaxlab.utils.workdir import Workdir
-from tests.fl.pfl_helpers import numeric_grad, tiny_data, tiny_model
+from tests.fl.pfl_helpers import check_executors_and_resume, numeric_grad, tiny_data, tiny_model
 
 
 def np_dbe_loss(x, y, W1, b1, W2, b2, prbm, mu0, zg, kappa, m):
@@ -149,32 +146,5 @@ def test_bad_inputs_raise_clear_errors():
         dbe(model, momentum=1.5, warmup_data=data)
 
 
-def _run(strategy, data, rounds=2, workdir=None, stop_after=None):
-    alg = get_algorithm("dbe", tiny_model(), lr=0.05, batch_size=10, warmup_data=data)
-    sim = Simulation(alg, data, strategy=strategy, join_ratio=0.67, seed=0)
-    s = sim.run(rounds, workdir=workdir, stop_after=stop_after)
-    return sim, s
-
-
 def test_every_executor_gives_the_same_numbers_and_resume_is_exact(tmp_path):
-    data = tiny_data()
-    ref_wd = Workdir(tmp_path / "ref")
-    ref, ref_sum = _run("scan", data, workdir=ref_wd)
-    ref_state = ref.final_state
-    for strategy in ("sequential", "vmap", "sharded"):
-        sim, s = _run(strategy, data)
-        exact = strategy == "sequential"
-        for a, b in zip(jax.tree_util.tree_leaves(sim.final_state), jax.tree_util.tree_leaves(ref_state)):
-            if exact:
-                np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=strategy)
-            else:
-                np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5, err_msg=strategy)
-        assert s["best_acc"] == pytest.approx(ref_sum["best_acc"], abs=1e-9 if exact else 3e-3)
-    wd = Workdir(tmp_path / "resumed")
-    _, stopped = _run("scan", data, workdir=wd, stop_after=1)
-    assert stopped == {"stopped_at_round": 1}
-    resumed, _ = _run("scan", data, workdir=wd)
-    for a, b in zip(jax.tree_util.tree_leaves(resumed.final_state), jax.tree_util.tree_leaves(ref_state)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    accs = lambda w: [(r["step"], r["acc"], r["test_loss"]) for r in w.read_metrics()]
-    assert accs(wd) == accs(ref_wd) and len(accs(wd)) == 3
+    check_executors_and_resume("dbe", tmp_path, warmup_data="DATA")

@@ -9,27 +9,12 @@ import numpy as np
 import pytest
 
 from jaxlab.fl.algorithm import data_spec_of, tree_index, tree_stack
-from jaxlab.fl.algorithms import get_algorithm
 from jaxlab.fl.algorithms.fedcp import ConditionalPolicy, fedcp, fedcp_loss, head_context, mmd_rbf
-from jaxlab.fl.engine import Simulation
 from jaxlab.models import get_model
-from jaxlab.utils.workdir import Workdir
-from tests.fl.pfl_helpers import numeric_grad, tiny_data, tiny_model
+from tests.fl.pfl_helpers import check_executors_and_resume, flatten_float64, numeric_grad, tiny_data, tiny_model
 
 
-def _flat(tree):
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    shapes = [np.shape(l) for l in leaves]
 
-    def unflat(theta):
-        out, i = [], 0
-        for s in shapes:
-            n = int(np.prod(s))
-            out.append(theta[i:i + n].reshape(s))
-            i += n
-        return jax.tree_util.tree_unflatten(treedef, out)
-
-    return np.concatenate([np.asarray(l, np.float64).ravel() for l in leaves]), unflat
 
 
 def np_mmd(a, b, bws=(10.0, 15.0, 20.0, 50.0)):
@@ -83,9 +68,9 @@ def test_fedcp_loss_and_gradient_match_float64_numpy():
     gumbel = np.asarray(jax.random.gumbel(key, (B, 2, D), jnp.float32), np.float64)  # the noise the CPN draws
     ref = lambda tt: np_fedcp_loss(tt, x, y, head_g, base_bar, ctx, gumbel, lam)
     np.testing.assert_allclose(float(loss), ref(t), rtol=1e-5)
-    theta0, unflat = _flat(t)
+    theta0, unflat = flatten_float64(t)
     g_ref = numeric_grad(lambda th: ref(unflat(th)), theta0)
-    g_jax, _ = _flat(grads)
+    g_jax, _ = flatten_float64(grads)
     np.testing.assert_allclose(g_jax, g_ref, rtol=2e-3, atol=3e-4)
     assert np.abs(np.asarray(grads["base"]["fc0"]["kernel"])).sum() > 0
 
@@ -147,29 +132,5 @@ def test_bad_inputs():
         fedcp(tiny_model(), tau=0.0)
 
 
-def _run(strategy, data, rounds=2, workdir=None, stop_after=None):
-    alg = get_algorithm("fedcp", tiny_model(), lr=0.05, batch_size=10)
-    sim = Simulation(alg, data, strategy=strategy, join_ratio=0.67, seed=0)
-    return sim, sim.run(rounds, workdir=workdir, stop_after=stop_after)
-
-
 def test_every_executor_gives_the_same_numbers_and_resume_is_exact(tmp_path):
-    data = tiny_data()
-    ref_wd = Workdir(tmp_path / "ref")
-    ref, ref_sum = _run("scan", data, workdir=ref_wd)
-    for strategy in ("sequential", "vmap", "sharded"):
-        sim, s = _run(strategy, data)
-        exact = strategy == "sequential"
-        for a, b in zip(jax.tree_util.tree_leaves(sim.final_state), jax.tree_util.tree_leaves(ref.final_state)):
-            if exact:
-                np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=strategy)
-            else:
-                np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5, err_msg=strategy)
-        assert s["best_acc"] == pytest.approx(ref_sum["best_acc"], abs=1e-9 if exact else 3e-3)
-    wd = Workdir(tmp_path / "resumed")
-    assert _run("scan", data, workdir=wd, stop_after=1)[1] == {"stopped_at_round": 1}
-    resumed, _ = _run("scan", data, workdir=wd)
-    for a, b in zip(jax.tree_util.tree_leaves(resumed.final_state), jax.tree_util.tree_leaves(ref.final_state)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    rows = lambda w: [(r["step"], r["acc"], r["test_loss"]) for r in w.read_metrics()]
-    assert rows(wd) == rows(ref_wd) and len(rows(wd)) == 3
+    check_executors_and_resume("fedcp", tmp_path)

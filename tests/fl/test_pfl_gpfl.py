@@ -8,14 +8,11 @@ import numpy as np
 import pytest
 
 from jaxlab.fl.algorithm import data_spec_of, tree_index, tree_stack
-from jaxlab.fl.algorithms import get_algorithm
 from jaxlab.fl.algorithms.gpfl import (ConditionalValve, _valve, gpfl, gpfl_loss, label_frequency,
                                        official_hparams)
 from jaxlab.fl.algorithms.dbe import classify, features
-from jaxlab.fl.engine import Simulation
 from jaxlab.models import get_model
-from jaxlab.utils.workdir import Workdir
-from tests.fl.pfl_helpers import numeric_grad, tiny_data, tiny_model
+from tests.fl.pfl_helpers import check_executors_and_resume, flatten_float64, numeric_grad, tiny_data, tiny_model
 
 
 def np_log_softmax(a):
@@ -42,19 +39,7 @@ def np_gpfl_loss(t, x, y, g, p, gce_frozen, lam):
     return ce + l_alg + lam * l_mlg
 
 
-def _flat(tree):
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    shapes = [np.shape(l) for l in leaves]
 
-    def unflat(theta):
-        out, i = [], 0
-        for s in shapes:
-            n = int(np.prod(s))
-            out.append(theta[i:i + n].reshape(s))
-            i += n
-        return jax.tree_util.tree_unflatten(treedef, out)
-
-    return np.concatenate([np.asarray(l, np.float64).ravel() for l in leaves]), unflat
 
 
 def test_gpfl_loss_and_gradient_match_float64_numpy():
@@ -74,10 +59,10 @@ def test_gpfl_loss_and_gradient_match_float64_numpy():
     f32 = lambda a: jnp.asarray(a, jnp.float32)
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         tj, {}, {"x": f32(x), "y": jnp.asarray(y)}, None, f32(g), f32(p), f32(gce_frozen))
-    theta0, unflat = _flat(t)
+    theta0, unflat = flatten_float64(t)
     np.testing.assert_allclose(float(loss), np_gpfl_loss(t, x, y, g, p, gce_frozen, lam), rtol=1e-5)
     g_ref = numeric_grad(lambda th: np_gpfl_loss(unflat(th), x, y, g, p, gce_frozen, lam), theta0)
-    g_jax, _ = _flat(grads)
+    g_jax, _ = flatten_float64(grads)
     np.testing.assert_allclose(g_jax, g_ref, rtol=2e-3, atol=3e-4)
 
 
@@ -180,29 +165,5 @@ def test_official_hyperparameters_and_bad_inputs():
         gpfl(tiny_model(), lam=-1.0)
 
 
-def _run(strategy, data, rounds=2, workdir=None, stop_after=None):
-    alg = get_algorithm("gpfl", tiny_model(), lr=0.05, batch_size=10)
-    sim = Simulation(alg, data, strategy=strategy, join_ratio=0.67, seed=0)
-    return sim, sim.run(rounds, workdir=workdir, stop_after=stop_after)
-
-
 def test_every_executor_gives_the_same_numbers_and_resume_is_exact(tmp_path):
-    data = tiny_data()
-    ref_wd = Workdir(tmp_path / "ref")
-    ref, ref_sum = _run("scan", data, workdir=ref_wd)
-    for strategy in ("sequential", "vmap", "sharded"):
-        sim, s = _run(strategy, data)
-        exact = strategy == "sequential"
-        for a, b in zip(jax.tree_util.tree_leaves(sim.final_state), jax.tree_util.tree_leaves(ref.final_state)):
-            if exact:
-                np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=strategy)
-            else:
-                np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5, err_msg=strategy)
-        assert s["best_acc"] == pytest.approx(ref_sum["best_acc"], abs=1e-9 if exact else 3e-3)
-    wd = Workdir(tmp_path / "resumed")
-    assert _run("scan", data, workdir=wd, stop_after=1)[1] == {"stopped_at_round": 1}
-    resumed, _ = _run("scan", data, workdir=wd)
-    for a, b in zip(jax.tree_util.tree_leaves(resumed.final_state), jax.tree_util.tree_leaves(ref.final_state)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    rows = lambda w: [(r["step"], r["acc"], r["test_loss"]) for r in w.read_metrics()]
-    assert rows(wd) == rows(ref_wd) and len(rows(wd)) == 3
+    check_executors_and_resume("gpfl", tmp_path)
