@@ -138,7 +138,9 @@ class Workdir:
         return p
 
     def _write_json(self, name: str, obj: Any) -> None:
-        tmp = self.file(name + ".tmp")
+        # a per-process temporary name: two runs sharing a workdir (e.g. one table split over
+        # processes) may write the same file at once; os.replace keeps each write atomic.
+        tmp = self.file(f"{name}.{os.getpid()}.tmp")
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=False)
         os.replace(tmp, self.file(name))
