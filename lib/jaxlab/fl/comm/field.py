@@ -19,10 +19,12 @@ so the decoded sum is the exact integer sum: nothing wraps.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 __all__ = ["P", "HALF", "CHUNK", "reduce_f64", "canonical", "matmul_mod", "inv_mod_scalar",
-           "inv_mod_matrix", "rank_mod", "quantize", "update_scale", "random_elements", "TILE"]
+           "inv_mod_matrix", "rank_mod", "quantize", "update_scale", "random_elements", "TILE", "BACKENDS"]
 
 P = 33554393          # largest prime < 2**25
 HALF = (P - 1) // 2   # balanced range is [-HALF, HALF]
@@ -81,13 +83,23 @@ def _one_blas_thread():
         return contextlib.nullcontext()
 
 
-def matmul_mod(a: np.ndarray, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``(a @ x) mod P`` exactly, vectorised with float64 BLAS.
+BACKENDS = ("auto", "numba", "blas")
+
+
+def matmul_mod(a: np.ndarray, x: np.ndarray, out: np.ndarray | None = None,
+               backend: str = "auto") -> np.ndarray:
+    """``(a @ x) mod P`` exactly.
+
+    Two exact implementations: ``"numba"`` (:mod:`jaxlab.fl.comm.gfp_kernels`, one fused pass over
+    memory, ~4x faster; needs ``h <= 32``) and ``"blas"`` (float64 BLAS on cache-sized tiles with
+    chunked reductions; any ``h``). ``"auto"`` takes numba when it applies, else BLAS; the
+    environment variable ``JAXLAB_GFP_BACKEND=blas`` forces BLAS.
 
     Args:
       a: ``[m, h]`` integer coefficients (any integers; reduced first).
       x: ``[h, L]`` int32 symbols in the balanced range (as produced by this module).
       out: optional ``[m, L]`` int32 output.
+      backend: one of ``BACKENDS``.
     Returns:
       ``[m, L]`` int32 balanced symbols.
     """
@@ -97,6 +109,21 @@ def matmul_mod(a: np.ndarray, x: np.ndarray, out: np.ndarray | None = None) -> n
         raise ValueError(f"matmul_mod: shapes a{a.shape} @ x{x.shape} do not chain; need [m,h] @ [h,L]")
     if x.dtype != np.int32:
         raise TypeError(f"matmul_mod: x.dtype={x.dtype}; pass int32 balanced symbols (use canonical())")
+    if backend not in BACKENDS:
+        raise ValueError(f"matmul_mod: backend={backend!r}; choose one of {BACKENDS}")
+    if out is not None and (out.shape != (a.shape[0], x.shape[1]) or out.dtype != np.int32):
+        raise ValueError(f"matmul_mod: out must be int32 of shape {(a.shape[0], x.shape[1])}, "
+                         f"got {out.dtype} {out.shape}")
+    if backend == "auto" and os.environ.get("JAXLAB_GFP_BACKEND", "") == "blas":
+        backend = "blas"
+    if backend != "blas" and a.shape[0] and x.shape[1]:
+        from jaxlab.fl.comm import gfp_kernels
+        buf = out if out is not None else np.empty((a.shape[0], x.shape[1]), dtype=np.int32)
+        if gfp_kernels.matmul_mod(_as_coef(a), x, buf, P, HALF) is not None:
+            return buf
+        if backend == "numba":
+            raise RuntimeError(f"matmul_mod: the numba kernel cannot run here (h={a.shape[1]} > "
+                               f"{gfp_kernels.MAX_H} or numba unavailable); use backend='auto' or 'blas'")
     if x.shape[1] <= TILE:
         return _matmul_mod(a, x, out)
     with _one_blas_thread():
