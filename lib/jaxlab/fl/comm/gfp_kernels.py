@@ -31,7 +31,7 @@ import threading
 
 import numpy as np
 
-__all__ = ["ROWS", "MAX_H", "available", "matmul_mod"]
+__all__ = ["ROWS", "MAX_H", "available", "matmul_mod", "precompile"]
 
 ROWS = 8      # output rows per kernel call: 8 accumulators + h symbols stay in registers
 MAX_H = 32    # = field.CHUNK: longest exact float64 accumulation without an intermediate reduction
@@ -136,3 +136,23 @@ def matmul_mod(a: np.ndarray, x: np.ndarray, out: np.ndarray, p: int, half: int)
         _broken.append(repr(e))
         return None
     return out
+
+
+def precompile(k: int, p: int, half: int) -> int:
+    """Compiles (or loads from the disk cache) every kernel shape a FedCod federation with ``k``
+    source blocks uses: ``[r, k]`` for r <= ROWS (encode, MDS parity, decode) and ``[1, h]`` for
+    h <= k (recoding what a relay holds). Called once by the parent before the node processes
+    start, so no node compiles inside a timed round. Returns the number of kernels ready."""
+    if not available() or not (1 <= k <= MAX_H):
+        return 0
+    shapes = {(r, k) for r in range(1, ROWS + 1)} | {(1, h) for h in range(1, k + 1)}
+    n = 0
+    for rows, h in sorted(shapes):
+        try:
+            kern = _kernel(rows, h, p, half)
+            kern(np.zeros((rows, h)), np.zeros((h, 1), np.int32), np.zeros((rows, 1), np.int32), 0)
+            n += 1
+        except Exception as e:  # pragma: no cover - toolchain failure: BLAS fallback
+            _broken.append(repr(e))
+            return n
+    return n

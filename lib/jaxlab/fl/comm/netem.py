@@ -331,6 +331,8 @@ def spawn_federation(cfg: dict, run_dir: str, backend: str = "netns", events: li
             cfg["shaper"] = "tokenbucket"
         else:
             raise ValueError(f"backend={backend!r}: use 'netns' or 'loopback'")
+        from jaxlab.fl.comm import field, gfp_kernels
+        gfp_kernels.precompile(int(cfg["k"]), field.P, field.HALF)  # nodes then load, never compile
         cfg["t0"] = time.monotonic() + 3.0  # trace time zero, shared by all processes (same clock)
         cfg_path = os.path.join(run_dir, "federation.json")
         with open(cfg_path, "w") as f:
