@@ -76,7 +76,8 @@ def build_defense(s: Setup, name: str, f_true: int):
     """The rule with ``f = min(true attackers, the rule's largest admissible f)``."""
     n = s.config.num_clients
     if name == "skymask":
-        return skymask_aggregator(root_loss_fn(s.model, s.flat.unflatten, s.root["train_x"], s.root["train_y"])), None
+        return skymask_aggregator(root_loss_fn(s.model, s.flat.unflatten, s.root["train_x"], s.root["train_y"]),
+                                  lr=float(s.config.get("skymask_lr", 1e7))), None
     if name in F_RULES:
         f = min(f_true, max_admissible_f(name, n))
         return make_aggregator(name, f=f), f
