@@ -2,12 +2,24 @@
 
     python -m experiments.robust_matrix --workdir=/work/runs/robust_matrix --config=experiments/configs/robust.py:matrix
 
-Three parts, one cell = one federated run (see :func:`experiments.robust.run_cell`):
+Four parts, one cell = one federated run (see :func:`experiments.robust.run_cell`):
 
 1. ``matrix``: ``config.attacks x config.defenses`` at ``config.attacker_fraction``;
 2. ``pill``: ``config.pill_attacks x config.pill_defenses`` with the Pill-wrapped attack
-   ([our design], see :mod:`jaxlab.fl.robust.pill`), compared with the same cells of part 1;
-3. ``sweep``: ``config.sweep_attacks x config.sweep_defenses x config.fractions``.
+   ([our design], see :mod:`jaxlab.fl.robust.pill`), compared with the same cells of part 1
+   (same attack, defense, attacker fraction, seed and code: only the Pill wrapper differs);
+3. ``pill_dose``: ``config.pill_dose_attacks x config.pill_dose_defenses x config.pill_doses``,
+   the Pill attack with its pill scaled ``pill_norm`` times beyond the largest one that still looks
+   benign (a dose-response check of how loud the pill must be to hurt, and whether it is then seen);
+4. ``sweep``: ``config.sweep_attacks x config.sweep_defenses x config.fractions``.
+
+**Detection bypass** [our choice of criterion]: per defense, with ``keep_mal`` = the share of
+attacker updates the rule kept (its FNR) and ``keep_ben`` = the share of benign updates kept
+(1 - FPR), both summed over rounds and averaged over the Pill attacks, Pill *gets past* the rule's
+detection when ``keep_mal >= keep_ben / 2``: the rule keeps an attacker at least half as often as
+an honest client. (The earlier criterion ``keep_mal > 50%`` is also reported; it cannot be met by
+Krum, which keeps one update of n, so at most f/n = 25% of the attackers' updates.) Median and
+trimmed mean flag no client, so there is no detection to get past: "n/a".
 
 Each finished cell is appended to ``metrics.jsonl``; a restarted run skips the cells already there
 (resume). Outputs: ``heatmap_acc.png``, ``heatmap_fpr.png``, ``heatmap_fnr.png``,
@@ -16,24 +28,35 @@ Each finished cell is appended to ``metrics.jsonl``; a restarted run skips the c
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 
 from experiments.robust import fmt, run_cell, setup
+from jaxlab.fl.robust.pill import DESIGN as PILL_DESIGN
 from jaxlab.utils.workdir import Workdir, markdown_table
 
 
 def _key(r):
-    return (r["part"], r["attack"], r["defense"], bool(r["pill"]), round(float(r["fraction"]), 4))
+    return (r["part"], r["attack"], r["defense"], bool(r["pill"]), round(float(r["fraction"]), 4),
+            round(float(r.get("pill_norm", 1.0)), 4))
+
+
+def _doses(config):
+    return tuple(config.get("pill_doses", ()))
 
 
 def cells_of(config):
-    out = [("matrix", a, d, False, config.attacker_fraction) for a in config.attacks for d in config.defenses]
-    out += [("pill", a, d, True, config.attacker_fraction) for a in config.pill_attacks for d in config.pill_defenses]
+    """``[(part, attack, defense, pill, fraction, pill_norm)]`` in running order."""
+    fr0 = config.attacker_fraction
+    out = [("matrix", a, d, False, fr0, 1.0) for a in config.attacks for d in config.defenses]
+    out += [("pill", a, d, True, fr0, 1.0) for a in config.pill_attacks for d in config.pill_defenses]
+    out += [("pill_dose", a, d, True, fr0, float(x)) for x in _doses(config)
+            for a in config.get("pill_dose_attacks", ()) for d in config.get("pill_dose_defenses", ())]
     # the 50% column first: it is the one the SkyMask-vs-baselines claim rests on
     fracs = sorted(config.fractions, key=lambda fr: (not math.isclose(fr, 0.5), fr))
-    out += [("sweep", a, d, False, fr) for fr in fracs for a in config.sweep_attacks
+    out += [("sweep", a, d, False, fr, 1.0) for fr in fracs for a in config.sweep_attacks
             for d in config.sweep_defenses if not math.isclose(fr, config.attacker_fraction)]
     return out
 
@@ -66,7 +89,7 @@ def _floats(r):
 
 def report(config, rows, wd: Workdir) -> dict:
     rows = [_floats(r) for r in rows]
-    by = {_key(r): r for r in rows}
+    by = {_key(r)[:5]: r for r in rows if r["part"] != "pill_dose"}
     fr0 = round(float(config.attacker_fraction), 4)
     A, D = list(config.attacks), list(config.defenses)
 
@@ -111,31 +134,65 @@ def report(config, rows, wd: Workdir) -> dict:
     if PA and PD:
         e_base, e_pill = 1 - mat("acc", attacks=PA, defenses=PD), 1 - mat("acc", "pill", True, PA, PD)
         fnr_b, fnr_p = mat("fnr", attacks=PA, defenses=PD), mat("fnr", "pill", True, PA, PD)
+        fpr_p = mat("fpr", "pill", True, PA, PD)
         ratio = e_pill / np.maximum(e_base, 1e-9)
         _heatmap(wd.file("heatmap_pill.png"), np.log2(ratio), PA, PD,
                  "log2(error rate with Pill / without), Pill = ours", fmt_pct=False, cmap="coolwarm", vmin=-2, vmax=2)
-        prow = []
+
+        def colmean(m, j):
+            return np.nan if np.all(np.isnan(m[:, j])) else float(np.nanmean(m[:, j]))
+
+        prow, bypass_of = [], {}
         eight = [d for d in PD if d not in ("fedavg", "skymask")]
-        passed = 0
         for j, d in enumerate(PD):
-            fb, fp = np.nanmean(fnr_b[:, j]) if not np.all(np.isnan(fnr_b[:, j])) else np.nan, \
-                np.nanmean(fnr_p[:, j]) if not np.all(np.isnan(fnr_p[:, j])) else np.nan
-            bypass = (fp > 0.5) if not np.isnan(fp) else None
-            if d in eight and bypass:
-                passed += 1
-            prow.append({"defense": d, "err_base": fmt(np.nanmean(e_base[:, j])), "err_pill": fmt(np.nanmean(e_pill[:, j])),
-                         "ratio": f"{np.nanmean(ratio[:, j]):.2f}", "fnr_base": fmt(fb), "fnr_pill": fmt(fp),
-                         "pill_bypasses_detection(fnr>50%)": "n/a (no selection)" if bypass is None else str(bool(bypass))})
+            keep_mal, keep_ben = colmean(fnr_p, j), 1.0 - colmean(fpr_p, j)
+            none = by.get(("matrix", "none", d, False, fr0))
+            if np.isnan(keep_mal):
+                bypass, old = None, None
+            else:
+                bypass, old = bool(keep_mal >= 0.5 * keep_ben), bool(keep_mal > 0.5)
+            bypass_of[d] = bypass
+            prow.append({"defense": d, "err_no_attack": fmt(None if none is None else 1 - none["acc"]),
+                         "err_base": fmt(colmean(e_base, j)), "err_pill": fmt(colmean(e_pill, j)),
+                         "ratio": f"{colmean(ratio, j):.2f}", "keep_mal_base": fmt(colmean(fnr_b, j)),
+                         "keep_mal_pill": fmt(keep_mal), "keep_ben_pill": fmt(None if np.isnan(keep_mal) else keep_ben),
+                         "bypass(keep_mal>=keep_ben/2)": "n/a (flags nobody)" if bypass is None else str(bypass),
+                         "old(keep_mal>50%)": "n/a" if old is None else str(old)})
         cols8 = [PD.index(d) for d in eight]
-        summary["pill"] = {"mean_error_ratio_8_defenses": float(np.nanmean(ratio[:, cols8])) if cols8 else None,
+        sel8 = [d for d in eight if bypass_of[d] is not None]
+        summary["pill"] = {"design": "pill (ours), see jaxlab.fl.robust.pill",
+                           "mean_error_ratio_8_defenses": float(np.nanmean(ratio[:, cols8])) if cols8 else None,
                            "mean_error_base_8": float(np.nanmean(e_base[:, cols8])) if cols8 else None,
                            "mean_error_pill_8": float(np.nanmean(e_pill[:, cols8])) if cols8 else None,
-                           "defenses_bypassed_of_8": passed,
-                           "defenses_with_selection_of_8": int(sum(1 for d in eight if not np.all(np.isnan(fnr_p[:, PD.index(d)])))),
+                           "defenses_bypassed_of_8": int(sum(1 for d in sel8 if bypass_of[d])),
+                           "defenses_with_detection_of_8": len(sel8),
+                           "defenses_bypassed_old_criterion_of_8": int(sum(
+                               1 for d in sel8 if colmean(fnr_p, PD.index(d)) > 0.5)),
+                           "per_defense": {r["defense"]: r for r in prow},
                            "per_cell_ratio": {f"{a}/{d}": (None if np.isnan(ratio[i, j]) else float(ratio[i, j]))
                                               for i, a in enumerate(PA) for j, d in enumerate(PD)}}
-        tables.append("\n## Pill (ours) vs the same attacks without Pill (mean over attacks)\n")
+        tables.append("\n## Pill (ours) vs the same attacks without Pill (mean over attacks; keep = share of "
+                      "updates the rule kept, summed over rounds)\n")
         tables.append(markdown_table(prow, list(prow[0].keys())))
+        cell_rows = [{"attack": a, **{d: (f"{100 * e_base[i, j]:.1f} -> {100 * e_pill[i, j]:.1f}"
+                                          if not np.isnan(ratio[i, j]) else "-") for j, d in enumerate(PD)}}
+                     for i, a in enumerate(PA)]
+        tables.append("\n## Error rate (%) without -> with Pill, per cell\n")
+        tables.append(markdown_table(cell_rows, ["attack"] + PD))
+
+    # Pill dose-response: the pill scaled beyond the benign range
+    dose = [r for r in rows if r["part"] == "pill_dose"]
+    if dose:
+        drows = []
+        for r in sorted(dose, key=lambda r: (r["attack"], r["defense"], r["pill_norm"])):
+            ref = by.get(("pill", r["attack"], r["defense"], True, fr0))
+            sel = not (isinstance(r.get("fnr"), float) and math.isnan(r["fnr"]))
+            drows.append({"attack": r["attack"], "defense": r["defense"], "pill_norm": f"{r['pill_norm']:g}",
+                          "err": fmt(1 - r["acc"]), "err_at_pill_norm_1": fmt(None if ref is None else 1 - ref["acc"]),
+                          "keep_mal": fmt(r["fnr"]) if sel else "n/a", "keep_ben": fmt(1 - r["fpr"]) if sel else "n/a"})
+        summary["pill_dose"] = drows
+        tables.append("\n## Pill dose-response: pill scaled pill_norm x beyond the largest benign-looking one\n")
+        tables.append(markdown_table(drows, list(drows[0].keys())))
 
     # sweep
     FR = sorted(set(list(config.fractions) + ([config.attacker_fraction] if config.fractions else [])))
@@ -190,13 +247,21 @@ def run(config, workdir) -> dict:
 
     wd = Workdir(workdir)
     wd.write_config(config)
-    rows = [r for r in wd.read_metrics() if "part" in r]
+    # Pill cells of an earlier Pill design are stale: run them again
+    rows = [r for r in wd.read_metrics() if "part" in r and (not r.get("pill") or r.get("pill_design") == PILL_DESIGN)]
     done = {_key(r) for r in rows}
-    todo = [c for c in cells_of(config) if (c[0], c[1], c[2], c[3], round(float(c[4]), 4)) not in done]
+    todo = [c for c in cells_of(config) if (c[0], c[1], c[2], c[3], round(float(c[4]), 4), round(c[5], 4)) not in done]
     s = setup(config) if todo else None
-    step = len(rows)
-    for part, a, d, p, fr in progress(todo, total=len(todo), desc="robust matrix"):
-        row = {"part": part, **run_cell(s, a, d, fr, p)}
+    step = 1 + max((int(r.get("step", -1)) for r in wd.read_metrics()), default=-1)
+    for part, a, d, p, fr, pn in progress(todo, total=len(todo), desc="robust matrix"):
+        cs = s
+        if pn != 1.0:  # run_cell reads the pill scale from the config
+            cfg = s.config.copy_and_resolve_references()
+            cfg.pill_norm = pn
+            cs = dataclasses.replace(s, config=cfg)
+        row = {"part": part, **run_cell(cs, a, d, fr, p)}
+        if p:
+            row["pill_norm"], row["pill_design"] = pn, PILL_DESIGN
         row.pop("history", None)
         wd.log(step, **row)
         rows.append(row)

@@ -1,5 +1,5 @@
 """SkyMask's mask training against a float64 NumPy forward/backward, its GMM split on a planted
-case; Pill's chained construction and Sim/DistAdjust; the FL wrapper inside the shared engine."""
+case; the FL wrapper inside the shared engine (Pill's tests: test_robust_pill.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from jaxlab.fl.robust.flat import flattener
-from jaxlab.fl.robust.pill import pill_attack, pill_mask, sim_dist_adjust
 from jaxlab.fl.robust.skymask import classify_masks, skymask, train_masks
 
 DIN, C = 5, 3
@@ -103,69 +102,6 @@ def test_skymask_end_to_end_flags_model_that_hurts_root_loss():
     np.testing.assert_allclose(out.update, np.asarray(g)[kept].mean(0), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="global_flat"):
         skymask(g, None, None, root_update=g[0], global_flat=jnp.zeros(3), loss_of_flat=loss)
-
-
-# ------------------------------------------------------------------------------------ Pill
-
-def _mlp_params(rng):
-    return {"base": {"fc0": {"kernel": jnp.asarray(rng.normal(size=(6, 5)), jnp.float32), "bias": jnp.zeros(5)},
-                     "fc1": {"kernel": jnp.asarray(rng.normal(size=(5, 4)), jnp.float32), "bias": jnp.zeros(4)}},
-            "head": {"kernel": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32), "bias": jnp.zeros(3)}}
-
-
-def test_pill_mask_chains_max_units():
-    rng = np.random.default_rng(3)
-    p = _mlp_params(rng)
-    mask, units = pill_mask(p, "max")
-    k0, k1, kh = (np.asarray(p["base"]["fc0"]["kernel"]), np.asarray(p["base"]["fc1"]["kernel"]),
-                  np.asarray(p["head"]["kernel"]))
-    u0 = int(np.abs(k0).sum(0).argmax())
-    u1 = int(np.abs(k1[u0]).argmax())
-    assert units.tolist()[:2] == [u0, u1]
-    m = flattener(p).unflatten(mask)
-    assert np.asarray(m["base"]["fc0"]["kernel"])[:, u0].all() and np.asarray(m["base"]["fc0"]["kernel"]).sum() == 6
-    assert np.asarray(m["base"]["fc1"]["kernel"])[:, u1].all() and np.asarray(m["base"]["fc1"]["kernel"]).sum() == 5
-    assert np.asarray(m["head"]["kernel"])[u1].all() and np.asarray(m["head"]["kernel"]).sum() == 3
-    assert float(mask.sum()) == (6 + 1) + (5 + 1) + (3 + 3)
-    units_min = pill_mask(p, "min")[1]
-    assert int(units_min[0]) == int(np.abs(k0).sum(0).argmin())
-    with pytest.raises(ValueError, match="pill search"):
-        pill_mask(p, "biggest")
-
-
-def test_sim_dist_adjust_hits_both_targets():
-    rng = np.random.default_rng(4)
-    g_hat = rng.normal(size=50) + 1.0
-    mask = np.zeros(50)
-    mask[:6] = 1
-    pill = -3.0 * mask * rng.normal(size=50)
-    carrier = (g_hat + 0.3 * rng.normal(size=50)) * (1 - mask)
-    args = (jnp.asarray(pill, jnp.float32), jnp.asarray(carrier, jnp.float32), jnp.asarray(g_hat, jnp.float32), 0.9)
-    out = np.asarray(sim_dist_adjust(*args, 6.0), np.float64)
-    cos = out @ g_hat / (np.linalg.norm(out) * np.linalg.norm(g_hat))
-    assert abs(cos - 0.9) < 1e-3 and abs(np.linalg.norm(out - g_hat) - 6.0) < 1e-3
-    # an unreachable distance (below |g_hat| sin(angle)) gives the closest point on the ray
-    out = np.asarray(sim_dist_adjust(*args, 0.5), np.float64)
-    closest = np.linalg.norm(g_hat) * np.sqrt(1 - 0.9 ** 2)
-    assert abs(np.linalg.norm(out - g_hat) - closest) < 1e-3 * closest
-    # the pill coordinates keep the poison's direction
-    assert np.all(np.sign(out[:6]) == np.sign(pill[:6]))
-
-
-def test_pill_attack_rewrites_only_malicious_rows_and_needs_params():
-    from jaxlab.fl.robust.attacks import make_attack
-
-    rng = np.random.default_rng(5)
-    p = _mlp_params(rng)
-    d = flattener(p).size
-    g = jnp.asarray(rng.normal(size=(8, d)), jnp.float32)
-    is_mal = jnp.arange(8) < 3
-    at = pill_attack(make_attack("sign_flip"))
-    out = np.asarray(at.apply(g, is_mal, jax.random.PRNGKey(0), {"params": p}))
-    np.testing.assert_array_equal(out[3:], np.asarray(g)[3:])
-    assert not np.allclose(out[:3], np.asarray(g)[:3])
-    with pytest.raises(ValueError, match="params"):
-        at.apply(g, is_mal, jax.random.PRNGKey(0))
 
 
 # ------------------------------------------------------------------------------------ FL wrapper

@@ -8,27 +8,45 @@ two-step SimAdjust/DistAdjust. Outputs label runs "pill (ours)".
 re-searched every round ("dynamic pill search", the adaptive pattern). Layers are the
 ``kernel``/``bias`` pairs in parameter order (base layers, then the head). In the first layer the
 unit is the one whose incoming weights have the largest (``search='max'``, default), smallest
-(``'min'``) or a random (``'random'``) L1 norm. In each next layer the unit is the one most (least)
-strongly connected to the previous pill unit: ``argmax_j sum_{r in rows(u_prev)} |K[..., r, j]|``
-where ``rows`` is ``u_prev`` itself, or every flattened position of that channel after a
-conv->dense flatten (NHWC: ``r % C_prev == u_prev``). The pill's parameters are each chosen
-unit's incoming weights and bias; in the **last layer** (the classifier) they are the weights from
-the previous pill unit to every class plus all class biases.
+(``'min'``) or a random (``'random'``, one permutation per run: a stable pill) L1 norm. In each
+next layer the unit is the one most strongly connected to the previous pill unit:
+``argmax_j sum_{r in rows(u_prev)} |K[..., r, j]|`` where ``rows`` is ``u_prev`` itself, or every
+flattened position of that channel after a conv->dense flatten (NHWC: ``r % C_prev == u_prev``).
+The pill's parameters are each chosen unit's incoming weights and bias; in the **last layer** (the
+classifier) they are the weights from the previous pill unit to every class plus all class biases.
+[our choice] ``shared=False`` (default): attacker ``k`` (the k-th malicious row) starts its chain
+at the ``k``-th ranked first-layer unit, so the attackers carry different pills (identical
+pills make their updates alike, which FoolsGold-style similarity checks flag); ``shared=True``:
+one pill for all.
 
-**Poisoning**: the base attack (any :class:`jaxlab.fl.robust.attacks.Attack`, with its own
-knowledge setting) produces poisoned rows; only their pill coordinates are kept and rescaled so the
-pill part has norm ``pill_norm * |g_hat|`` where ``g_hat`` is the benign estimate below
-(the poison concentrates in the subnet; [our choice] ``pill_norm = 1``).
+**Knowledge** [our choice, for a like-for-like comparison]: Pill observes exactly what its base
+attack observes (``base.knowledge``: the benign updates for the full-knowledge attacks, the
+attackers' own honest updates for ``"own"``, the paper's partial-knowledge setting). ``g_hat`` is
+the mean of the observed updates, and the **benign range** is the median, over the observed
+updates, of their cosine to ``g_hat`` (``cos_t``) and of their distance to ``g_hat`` (``dist_t``).
 
-**Injection**: every attacker starts from its own honest update ``g_ref`` outside the pill
-(the benign-looking carrier) and ``g_hat`` = the mean of the attackers' own honest updates
-(the paper estimates the benign update from the compromised clients). Then
+**Poisoning**: the base attack (any :class:`jaxlab.fl.robust.attacks.Attack`) produces its
+malicious rows; the poison is each row's deviation from the benign estimate, ``row - g_hat``,
+restricted to the pill and normalised: ``p = M (row - g_hat) / |M (row - g_hat)|`` (for sign-flip
+and Min-Max this is ``-g_hat`` on the pill, for Fang's attacks the per-coordinate push away from
+the benign side). Only the direction comes from the base attack; the magnitude comes from the
+injection, so attacks that differ only in their scale (sign-flip, Min-Max) give the same pill.
 
-* **SimAdjust**: ``g = p + alpha * g_ref * (1 - M)`` with ``alpha >= 0`` found by bisection so
-  that ``cos(g, g_hat)`` equals the median cosine of the attackers' honest updates to ``g_hat``;
-* **DistAdjust**: ``g <- beta * g`` with ``beta > 0`` solving ``|beta g - g_hat| = `` the median
-  distance of the honest updates to ``g_hat`` (the larger root; the closest point when none).
-  Positive scaling keeps the cosine, so both metrics sit in the benign range.
+**Injection** (:func:`stealth_coefficients`): the carrier is a benign-looking update outside the
+pill, ``c = (1 - M) (g_hat + carrier_mix (g_own - g_hat))`` with the attacker's own honest update
+``g_own`` ([our choice] ``carrier_mix = 0.5``: halfway between the benign mean and the attacker's
+own update; 1 keeps the attacker's own update, which already sits at the edge of the benign range
+for half of the attackers and leaves no room for a pill). The malicious update is
+``g = s p + a c`` with the **largest** pill scale ``s`` for which ``cos(g, g_hat) >= cos_t``
+(SimAdjust) and ``|g - g_hat| <= dist_t`` (DistAdjust), solved exactly in the plane of ``p`` and
+``c``; ``pill_norm`` multiplies that scale (1 = the most poison that still looks benign; > 1 is
+a louder pill that leaves the benign range, for dose-response studies). When no ``s, a >= 0``
+meet both bounds, the attacker sends its honest update that round.
+
+History of this module: the first version rescaled the pill to ``|g_hat|`` and then scaled the
+*whole* update (pill included) to the target distance after inflating the carrier for the cosine,
+which shrank the pill below the benign updates' own pill parts (measured: 0.004-0.08 vs 0.07-0.15
+in norm), i.e. the injection removed the poison. The joint solve above keeps it.
 """
 
 from __future__ import annotations
@@ -37,14 +55,14 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from jaxlab.fl.robust.attacks import Attack, masked_mean
+from jaxlab.fl.robust.attacks import Attack, masked_mean, observed_mask
 
-__all__ = ["pill_layers", "pill_mask", "sim_dist_adjust", "pill_attack", "SEARCHES"]
+__all__ = ["pill_layers", "pill_mask", "stealth_coefficients", "pill_attack", "SEARCHES", "DESIGN"]
 
 SEARCHES = ("max", "min", "random")
+DESIGN = "stealth-v2"  # recorded with every Pill result; bump it when the attack changes
 
 
 def pill_layers(params) -> list[tuple[tuple, jax.Array, jax.Array | None]]:
@@ -65,18 +83,21 @@ def pill_layers(params) -> list[tuple[tuple, jax.Array, jax.Array | None]]:
     return layers
 
 
-def _pick(score, search: str, key):
+def _pick(score, search: str, key, rank=0):
+    rank = jnp.clip(rank, 0, score.shape[0] - 1)
     if search == "max":
-        return jnp.argmax(score)
+        return jnp.argsort(-score)[rank]
     if search == "min":
-        return jnp.argmin(score)
+        return jnp.argsort(score)[rank]
     if search == "random":
-        return jax.random.randint(key, (), 0, score.shape[0])
+        return jax.random.permutation(key, score.shape[0])[rank]
     raise ValueError(f"unknown pill search {search!r}: choose one of {SEARCHES}")
 
 
-def pill_mask(params, search: str = "max", key=None):
-    """Flat ``[d]`` float mask (1 on the pill's parameters) and the chosen unit per layer."""
+def pill_mask(params, search: str = "max", key=None, rank=0):
+    """Flat ``[d]`` float mask (1 on the pill's parameters) and the chosen unit per layer (-1 for the
+    classifier, which keeps every class). ``rank`` (may be traced) picks the ``rank``-th best
+    first-layer unit instead of the best (per-attacker pills); ``key`` drives ``'random'``."""
     layers = pill_layers(params)
     key = jax.random.PRNGKey(0) if key is None else key
     keys = jax.random.split(key, len(layers))
@@ -101,7 +122,7 @@ def pill_mask(params, search: str = "max", key=None):
             u = jnp.asarray(-1)
         else:
             score = (absk * rows[:, None]).sum(0)
-            u = _pick(score, search, keys[li])
+            u = _pick(score, search, keys[li], rank if prev_u is None else 0)
             km = jnp.broadcast_to((jnp.arange(n_out) == u)[None, :], (n_in, n_out))
             bm = (jnp.arange(n_out) == u) if b is not None else None
         km = jnp.broadcast_to(km, k.shape).astype(k.dtype)
@@ -114,54 +135,107 @@ def pill_mask(params, search: str = "max", key=None):
     return ravel_pytree(mask_tree)[0], jnp.stack(units)
 
 
-def sim_dist_adjust(pill_part, carrier, g_hat, cos_target, dist_target, *, alpha_max: float = 100.0, iters: int = 40):
-    """SimAdjust + DistAdjust for one attacker (vmapped by the caller); see the module docstring."""
-    gh_n = jnp.linalg.norm(g_hat)
+def stealth_coefficients(pill_dir, carrier, g_hat, cos_target, dist_target, *, tol: float = 1e-4):
+    """SimAdjust + DistAdjust for one attacker (vmapped by the caller) [our choice; the paper's
+    formulas are not public]: the largest pill scale ``s >= 0`` and a carrier weight ``a >= 0`` with
 
-    def cos_of(alpha):
-        g = pill_part + alpha * carrier
-        return (g @ g_hat) / jnp.maximum(jnp.linalg.norm(g) * gh_n, 1e-30)
+        g = s * pill_dir + a * carrier,   cos(g, g_hat) >= cos_target,   |g - g_hat| <= dist_target.
 
-    def body(_, lohi):
-        lo, hi = lohi
-        mid = (lo + hi) / 2
-        up = cos_of(mid) < cos_target
-        return jnp.where(up, mid, lo), jnp.where(up, hi, mid)
+    ``pill_dir [d]`` (unit norm, zero off the pill) and ``carrier [d]`` (zero on the pill) have
+    disjoint supports, so they are orthogonal and the problem lives in the plane they span: in the
+    coordinates ``(x, y) = (s, a |carrier|)`` the distance bound is a disk centred on the projection
+    ``(p.g_hat, c.g_hat/|c|)`` of ``g_hat`` (radius^2 = dist^2 - |part of g_hat off the plane|^2),
+    the cosine bound is a cone around the same centre ray, and the maximum of ``x`` over the
+    intersection is at one of a handful of points (the disk's rightmost point, the cone's two
+    boundary rays meeting the circle, the x axis meeting the circle). Returns ``(s, a, ok)``;
+    ``ok`` is False when no point with ``s >= 0, a >= 0`` meets both bounds (the caller then sends
+    the honest update). Exact up to float rounding: no bisection."""
+    dt = g_hat.dtype
+    G = g_hat @ g_hat
+    sqG = jnp.sqrt(jnp.maximum(G, 1e-30))
+    C = jnp.sqrt(jnp.maximum(carrier @ carrier, 1e-30))
+    ax = pill_dir @ g_hat                       # centre, x
+    by = (carrier @ g_hat) / C                  # centre, y
+    resid2 = jnp.maximum(G - ax * ax - by * by, 0.0)
+    R2 = dist_target ** 2 - resid2
+    R = jnp.sqrt(jnp.maximum(R2, 0.0))
+    t = jnp.asarray(cos_target, dt)
+    D2 = jnp.asarray(dist_target, dt) ** 2
 
-    lo, hi = lax.fori_loop(0, iters, body, (jnp.zeros(()), jnp.asarray(alpha_max, g_hat.dtype)))
-    alpha = (lo + hi) / 2
-    g = pill_part + alpha * carrier
-    gg, gd = g @ g, g @ g_hat
-    disc = gd * gd - gg * (gh_n ** 2 - dist_target ** 2)
-    beta = jnp.where(disc >= 0, (gd + jnp.sqrt(jnp.maximum(disc, 0.0))) / jnp.maximum(gg, 1e-30),
-                     gd / jnp.maximum(gg, 1e-30))
-    return jnp.maximum(beta, 0.0) * g
+    th0 = jnp.arctan2(by, ax)
+    r0 = jnp.sqrt(ax * ax + by * by)
+    phi = jnp.arccos(jnp.clip(t * sqG / jnp.maximum(r0, 1e-30), -1.0, 1.0))
+    # the cone's boundary rays meet the circle at rho = t|g_hat| +- sqrt(dist^2 - G (1 - t^2))
+    disc = D2 - G * (1.0 - t * t)
+    sq = jnp.sqrt(jnp.maximum(disc, 0.0))
+    xs, ys = [ax + R], [by]                     # the disk's rightmost point
+    for sgn in (1.0, -1.0):
+        dx, dy = jnp.cos(th0 + sgn * phi), jnp.sin(th0 + sgn * phi)
+        for rho in (t * sqG + sq, t * sqG - sq):
+            rho = jnp.where(disc >= 0, rho, -1.0)
+            xs.append(rho * dx)
+            ys.append(rho * dy)
+    xs.append(ax + jnp.sqrt(jnp.maximum(R2 - by * by, 0.0)))   # the x axis (no carrier)
+    ys.append(jnp.where(R2 >= by * by, 0.0, -1.0))
+    x, y = jnp.stack(xs), jnp.stack(ys)
+    dot = ax * x + by * y
+    nrm = jnp.sqrt(x * x + y * y)
+    scale = jnp.maximum(G + D2, 1e-30)
+    feasible = ((dot >= t * sqG * nrm - tol * scale) & ((x - ax) ** 2 + (y - by) ** 2 <= R2 + tol * scale)
+                & (R2 >= 0) & (x >= -tol * jnp.sqrt(scale)) & (y >= -tol * jnp.sqrt(scale)))
+    best = jnp.argmax(jnp.where(feasible, x, -jnp.inf))
+    ok = jnp.any(feasible)
+    s = jnp.where(ok, jnp.maximum(x[best], 0.0), 0.0)
+    a = jnp.where(ok, jnp.maximum(y[best], 0.0) / C, 0.0)
+    return s, a, ok
 
 
-def pill_attack(base: Attack, *, search: str = "max", pill_norm: float = 1.0, mask_fn: Callable | None = None) -> Attack:
-    """Wraps ``base`` into a Pill attack. ``apply(updates, is_mal, key, ctx)`` needs
-    ``ctx['params']`` (the broadcast global model) for the pill search."""
+def pill_attack(base: Attack, *, search: str = "max", pill_norm: float = 1.0, carrier_mix: float = 0.5,
+                shared: bool = False, knowledge: str | None = None, mask_fn: Callable | None = None) -> Attack:
+    """Wraps ``base`` into a Pill attack (see the module docstring for every choice).
+
+    ``apply(updates [n, d], is_mal [n], key, ctx)`` needs ``ctx['params']`` (the broadcast global
+    model) for the pill search. ``knowledge`` overrides the base attack's; ``mask_fn(params) -> [d]``
+    replaces the search with a fixed pill (tests, ablations)."""
     if search not in SEARCHES:
         raise ValueError(f"unknown pill search {search!r}: choose one of {SEARCHES}")
+    if not 0.0 <= float(carrier_mix) <= 1.0:
+        raise ValueError(f"carrier_mix={carrier_mix!r} must be in [0, 1]")
+    if not float(pill_norm) >= 0.0:
+        raise ValueError(f"pill_norm={pill_norm!r} must be >= 0 (1 = the largest pill that looks benign)")
+    knowledge = base.knowledge if knowledge is None else knowledge
+    observed_mask(jnp.zeros(1, bool), knowledge)  # validates the name early
 
     def apply(updates, is_mal, key, ctx=None):
         if ctx is None or "params" not in ctx:
             raise ValueError("pill: ctx['params'] (the global model) is needed for the pill search")
-        k_base, k_search = jax.random.split(key)
+        k_base = jax.random.fold_in(key, 0)
+        k_search = jax.random.PRNGKey(17)  # a 'random' pill is drawn once per run, not per round
         poisoned = base.apply(updates, is_mal, k_base, ctx)
-        m = pill_mask(ctx["params"], search, k_search)[0] if mask_fn is None else mask_fn(ctx["params"])
-        if m.shape != (updates.shape[1],):
-            raise ValueError(f"pill: mask has {m.shape[0]} entries but updates have {updates.shape[1]} columns")
-        g_hat = masked_mean(updates, is_mal)
-        own = updates
-        cos = (own @ g_hat) / jnp.maximum(jnp.linalg.norm(own, axis=1) * jnp.linalg.norm(g_hat), 1e-30)
-        dist = jnp.linalg.norm(own - g_hat, axis=1)
-        cos_t = jnp.nanmedian(jnp.where(is_mal, cos, jnp.nan))
-        dist_t = jnp.nanmedian(jnp.where(is_mal, dist, jnp.nan))
-        p = poisoned * m
-        p = p * (pill_norm * jnp.linalg.norm(g_hat) / jnp.maximum(jnp.linalg.norm(p, axis=1, keepdims=True), 1e-30))
-        carrier = own * (1 - m)
-        mal = jax.vmap(sim_dist_adjust, in_axes=(0, 0, None, None, None))(p, carrier, g_hat, cos_t, dist_t)
+        if mask_fn is not None:
+            m = jnp.asarray(mask_fn(ctx["params"]))
+            if m.shape != (updates.shape[1],):
+                raise ValueError(f"pill: mask_fn gave shape {m.shape} but updates have {updates.shape[1]} columns")
+            m = jnp.broadcast_to(m, updates.shape)
+        elif shared:
+            m = jnp.broadcast_to(pill_mask(ctx["params"], search, k_search)[0], updates.shape)
+        else:
+            ranks = jnp.cumsum(is_mal) - 1
+            m = jax.vmap(lambda r: pill_mask(ctx["params"], search, k_search, r)[0])(ranks)
+        if m.shape != updates.shape:
+            raise ValueError(f"pill: mask has shape {m.shape[1:]} but updates have {updates.shape[1]} columns")
+        m = m.astype(updates.dtype)
+        obs = observed_mask(is_mal, knowledge)
+        g_hat = masked_mean(updates, obs)
+        cos = (updates @ g_hat) / jnp.maximum(jnp.linalg.norm(updates, axis=1) * jnp.linalg.norm(g_hat), 1e-30)
+        dist = jnp.linalg.norm(updates - g_hat, axis=1)
+        cos_t = jnp.nanmedian(jnp.where(obs, cos, jnp.nan))
+        dist_t = jnp.nanmedian(jnp.where(obs, dist, jnp.nan))
+        p = (poisoned - g_hat) * m
+        p = p / jnp.maximum(jnp.linalg.norm(p, axis=1, keepdims=True), 1e-30)
+        carrier = (g_hat + carrier_mix * (updates - g_hat)) * (1 - m)
+        s, a, ok = jax.vmap(stealth_coefficients, in_axes=(0, 0, None, None, None))(p, carrier, g_hat, cos_t, dist_t)
+        mal = jnp.where(ok[:, None], (pill_norm * s)[:, None] * p + a[:, None] * carrier, updates)
         return jnp.where(is_mal[:, None], mal, updates)
 
     return Attack(f"pill+{base.name}", apply, base.poison_data, base.knowledge)

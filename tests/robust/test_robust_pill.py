@@ -1,0 +1,224 @@
+"""Pill (ours): chained pill construction, the exact SimAdjust/DistAdjust solve against a float64
+brute force and closed forms, the attack's invariants, bad input, and the matrix's Pill report."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlab.fl.robust.attacks import make_attack
+from jaxlab.fl.robust.flat import flattener
+from jaxlab.fl.robust.pill import pill_attack, pill_mask, stealth_coefficients
+
+
+def _mlp_params(rng):
+    return {"base": {"fc0": {"kernel": jnp.asarray(rng.normal(size=(6, 5)), jnp.float32), "bias": jnp.zeros(5)},
+                     "fc1": {"kernel": jnp.asarray(rng.normal(size=(5, 4)), jnp.float32), "bias": jnp.zeros(4)}},
+            "head": {"kernel": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32), "bias": jnp.zeros(3)}}
+
+
+def test_pill_mask_chains_max_units_and_ranks_the_start():
+    rng = np.random.default_rng(3)
+    p = _mlp_params(rng)
+    mask, units = pill_mask(p, "max")
+    k0, k1 = np.asarray(p["base"]["fc0"]["kernel"]), np.asarray(p["base"]["fc1"]["kernel"])
+    u0 = int(np.abs(k0).sum(0).argmax())
+    u1 = int(np.abs(k1[u0]).argmax())
+    assert units.tolist() == [u0, u1, -1]
+    m = flattener(p).unflatten(mask)
+    assert np.asarray(m["base"]["fc0"]["kernel"])[:, u0].all() and np.asarray(m["base"]["fc0"]["kernel"]).sum() == 6
+    assert np.asarray(m["base"]["fc1"]["kernel"])[:, u1].all() and np.asarray(m["base"]["fc1"]["kernel"]).sum() == 5
+    assert np.asarray(m["head"]["kernel"])[u1].all() and np.asarray(m["head"]["kernel"]).sum() == 3
+    assert float(mask.sum()) == (6 + 1) + (5 + 1) + (3 + 3)
+    # rank r starts at the r-th strongest first-layer unit, then chains as usual
+    order = np.argsort(-np.abs(k0).sum(0))
+    u0b = int(order[1])
+    assert pill_mask(p, "max", rank=1)[1].tolist() == [u0b, int(np.abs(k1[u0b]).argmax()), -1]
+    assert int(pill_mask(p, "min")[1][0]) == int(np.abs(k0).sum(0).argmin())
+    with pytest.raises(ValueError, match="pill search"):
+        pill_mask(p, "biggest")
+
+
+def _solve(p, c, gh, t, dist):
+    f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+    return tuple(float(v) for v in stealth_coefficients(f32(p), f32(c), f32(gh), t, dist))
+
+
+def test_stealth_coefficients_closed_form():
+    # g_hat = e2, pill = e1, carrier = e2: cos >= t is y >= t |(x, y)|, the distance bound is the disk
+    # x^2 + (y - 1)^2 <= D^2. Loose cosine: the disk's rightmost point (D, 1) is the answer.
+    p, c, gh = np.array([1.0, 0.0]), np.array([0.0, 1.0]), np.array([0.0, 1.0])
+    s, a, ok = _solve(p, c, gh, 0.5, 0.5)
+    assert ok and abs(s - 0.5) < 1e-5 and abs(a - 1.0) < 1e-5
+    # tight cosine: the cone's edge meets the circle at rho = t + sqrt(D^2 - 1 + t^2), x = rho sqrt(1 - t^2)
+    t, D = 0.95, 0.5
+    rho = t + math.sqrt(D * D - 1 + t * t)
+    s, a, ok = _solve(p, c, gh, t, D)
+    assert ok and abs(s - rho * math.sqrt(1 - t * t)) < 1e-5 and abs(a - rho * t) < 1e-5
+    # g_hat off the plane by 1 (third axis): a distance bound below 1 is out of reach
+    p3, c3, gh3 = np.array([1.0, 0, 0]), np.array([0, 1.0, 0]), np.array([0, 1.0, 1.0])
+    assert not bool(_solve(p3, c3, gh3, 0.0, 0.9)[2]) and bool(_solve(p3, c3, gh3, 0.0, 1.1)[2])
+
+
+def test_stealth_coefficients_match_a_float64_brute_force():
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(40):
+        d = 30
+        m = np.zeros(d)
+        m[:5] = 1
+        gh = rng.normal(size=d) + rng.uniform(-1, 1)
+        p = rng.normal(size=d) * m
+        p /= np.linalg.norm(p)
+        c = (gh + rng.normal(size=d) * rng.uniform(0.1, 2)) * (1 - m)
+        G = gh @ gh
+        t, D = rng.uniform(-0.2, 0.99), rng.uniform(0.1, 2) * math.sqrt(G)
+        s, a, ok = _solve(p, c, gh, t, D)
+        S = np.linspace(0, 6 * math.sqrt(G) + 3 * D, 1200)[:, None]
+        A = np.linspace(0, 6 * (math.sqrt(G) + D) / np.linalg.norm(c), 1200)[None, :]
+        dot = S * (p @ gh) + A * (c @ gh)
+        nrm = np.sqrt(S ** 2 + A ** 2 * (c @ c))
+        feas = (dot >= t * nrm * math.sqrt(G)) & (S ** 2 + A ** 2 * (c @ c) - 2 * dot + G <= D * D)
+        step = S[1, 0]
+        s_brute = S[np.any(feas, axis=1), 0].max() if feas.any() else -1.0
+        if s_brute < 2 * step:  # no room for a pill (at most s ~ 0): either answer is right
+            assert not ok or s < 3 * step
+            continue
+        g = s * p + a * c
+        assert ok
+        assert abs(s - s_brute) <= 2 * step + 1e-3 * s_brute
+        assert g @ gh >= t * np.linalg.norm(g) * math.sqrt(G) - 1e-3 * G
+        assert np.linalg.norm(g - gh) <= D * (1 + 1e-3)
+        checked += 1
+    assert checked >= 15
+
+
+@pytest.fixture(scope="module")
+def attack_case():
+    rng = np.random.default_rng(5)
+    # a pill of ~8% of the parameters (real models: ~3%), so that it can hide
+    params = {"base": {"fc0": {"kernel": jnp.asarray(rng.normal(size=(30, 20)), jnp.float32), "bias": jnp.zeros(20)},
+                       "fc1": {"kernel": jnp.asarray(rng.normal(size=(20, 10)), jnp.float32), "bias": jnp.zeros(10)}},
+              "head": {"kernel": jnp.asarray(rng.normal(size=(10, 3)), jnp.float32), "bias": jnp.zeros(3)}}
+    d = flattener(params).size
+    base = rng.normal(size=d) + 0.5
+    g = (base[None, :] + 0.7 * rng.normal(size=(10, d))).astype(np.float32)
+    is_mal = np.arange(10) < 3
+    return params, jnp.asarray(g), jnp.asarray(is_mal)
+
+
+def _benign_targets(g, is_mal):
+    g64 = np.asarray(g, np.float64)
+    ben = g64[~np.asarray(is_mal)]
+    gh = ben.mean(0)
+    cos = ben @ gh / (np.linalg.norm(ben, axis=1) * np.linalg.norm(gh))
+    return gh, float(np.median(cos)), float(np.median(np.linalg.norm(ben - gh, axis=1)))
+
+
+def test_pill_attack_looks_benign_and_poisons_only_its_pill(attack_case):
+    params, g, is_mal = attack_case
+    key = jax.random.PRNGKey(0)
+    out = np.asarray(pill_attack(make_attack("sign_flip")).apply(g, is_mal, key, {"params": params}), np.float64)
+    np.testing.assert_array_equal(out[3:], np.asarray(g)[3:])
+    gh, cos_t, dist_t = _benign_targets(g, is_mal)
+    for k in range(3):
+        row = out[k]
+        assert not np.allclose(row, np.asarray(g)[k])  # a pill was sent, not the honest update
+        m = np.asarray(pill_mask(params, "max", rank=k)[0]) > 0
+        # both detection metrics inside the benign range (float64 re-computation)
+        cos = row @ gh / (np.linalg.norm(row) * np.linalg.norm(gh))
+        assert cos >= cos_t - 1e-3 and np.linalg.norm(row - gh) <= dist_t * (1 + 1e-3), (cos, cos_t)
+        # the pill carries the sign-flip poison -g_hat (its deviation from g_hat is -2 g_hat) ...
+        pill = row[m]
+        cosp = pill @ (-gh[m]) / (np.linalg.norm(pill) * np.linalg.norm(gh[m]))
+        assert cosp > 0.999 and np.linalg.norm(pill) > 0
+        # ... and off the pill the update is a multiple of the carrier (g_hat + own)/2
+        carrier = ((gh + np.asarray(g, np.float64)[k]) / 2)[~m]
+        a = row[~m] @ carrier / (carrier @ carrier)
+        np.testing.assert_allclose(row[~m], a * carrier, rtol=1e-4, atol=1e-5)
+    # attackers carry different pills by default, one shared pill on request
+    starts = [int(pill_mask(params, "max", rank=k)[1][0]) for k in range(3)]
+    assert len(set(starts)) == 3
+    shared = np.asarray(pill_attack(make_attack("sign_flip"), shared=True).apply(g, is_mal, key, {"params": params}))
+    m0 = np.asarray(pill_mask(params, "max")[0]) > 0
+    assert all(np.all(shared[k][m0] != 0) for k in range(3))
+
+
+def test_pill_norm_scales_the_pill_and_keeps_the_carrier(attack_case):
+    params, g, is_mal = attack_case
+    key = jax.random.PRNGKey(1)
+    one = np.asarray(pill_attack(make_attack("fang_trim")).apply(g, is_mal, key, {"params": params}))
+    three = np.asarray(pill_attack(make_attack("fang_trim"), pill_norm=3.0).apply(g, is_mal, key, {"params": params}))
+    for k in range(3):
+        m = np.asarray(pill_mask(params, "max", rank=k)[0]) > 0
+        np.testing.assert_allclose(three[k][m], 3 * one[k][m], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(three[k][~m], one[k][~m], rtol=1e-6, atol=1e-7)
+
+
+def test_pill_sends_the_honest_update_when_it_cannot_hide():
+    rng = np.random.default_rng(7)
+    params = _mlp_params(rng)
+    d = flattener(params).size
+    v = rng.normal(size=d).astype(np.float32)
+    g = np.tile(v, (6, 1))
+    g[:2] = rng.normal(size=(2, d))  # attackers' honest updates; the benign rows are all equal:
+    # cos_t = 1, dist_t = 0, so only g_hat itself looks benign, which no pill + carrier reaches
+    out = np.asarray(pill_attack(make_attack("sign_flip")).apply(jnp.asarray(g), jnp.arange(6) < 2,
+                                                                 jax.random.PRNGKey(0), {"params": params}))
+    np.testing.assert_array_equal(out, g)
+
+
+def test_pill_bad_input(attack_case):
+    params, g, is_mal = attack_case
+    base = make_attack("sign_flip")
+    with pytest.raises(ValueError, match="pill search"):
+        pill_attack(base, search="biggest")
+    with pytest.raises(ValueError, match="carrier_mix"):
+        pill_attack(base, carrier_mix=1.5)
+    with pytest.raises(ValueError, match="pill_norm"):
+        pill_attack(base, pill_norm=-1.0)
+    with pytest.raises(ValueError, match="knowledge"):
+        pill_attack(base, knowledge="oracle")
+    with pytest.raises(ValueError, match="params"):
+        pill_attack(base).apply(g, is_mal, jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="columns"):
+        pill_attack(base, mask_fn=lambda p: jnp.ones(5)).apply(g, is_mal, jax.random.PRNGKey(0), {"params": params})
+
+
+def test_matrix_report_pill_ratio_and_bypass(tmp_path):
+    """The Pill summary on hand-made cells: mean of per-cell error ratios and the bypass criterion
+    keep_mal >= keep_ben / 2 (Krum keeps 1 of 20 updates; median flags nobody)."""
+    import ml_collections
+
+    from experiments.robust_matrix import report
+    from jaxlab.fl.robust.pill import DESIGN
+    from jaxlab.utils.workdir import Workdir
+
+    c = ml_collections.ConfigDict(dict(dataset="digits8", num_clients=20, attacker_fraction=0.2, rounds=3,
+                                       model="mlp", hidden=(8,), partition="fang", bias=0.5,
+                                       attacks=("none", "a1", "a2"), defenses=("krum", "median", "fltrust"),
+                                       pill_attacks=("a1", "a2"), pill_defenses=("krum", "median", "fltrust"),
+                                       fractions=(), sweep_attacks=(), sweep_defenses=()))
+    nan = float("nan")
+    cells = {  # (acc, fpr, fnr) without Pill / with Pill
+        ("a1", "krum"): ((0.6, 0.95, 0.0), (0.5, 0.96, 0.2)), ("a2", "krum"): ((0.8, 0.95, 0.0), (0.8, 0.96, 0.2)),
+        ("a1", "median"): ((0.9, nan, nan), (0.8, nan, nan)), ("a2", "median"): ((0.9, nan, nan), (0.9, nan, nan)),
+        ("a1", "fltrust"): ((0.9, 0.1, 0.0), (0.9, 0.1, 0.3)), ("a2", "fltrust"): ((0.95, 0.1, 0.0), (0.9, 0.1, 0.5)),
+    }
+    rows = [dict(part="matrix", attack="none", defense=d, pill=False, fraction=0.2, acc=0.9, fpr=0.1, fnr=nan)
+            for d in c.defenses]
+    for (a, d), (b, p) in cells.items():
+        rows.append(dict(part="matrix", attack=a, defense=d, pill=False, fraction=0.2, acc=b[0], fpr=b[1], fnr=b[2]))
+        rows.append(dict(part="pill", attack=a, defense=d, pill=True, fraction=0.2, acc=p[0], fpr=p[1], fnr=p[2],
+                         pill_norm=1.0, pill_design=DESIGN))
+    summ = report(c, rows, Workdir(str(tmp_path)))["pill"]
+    ratios = [(1 - p[0]) / (1 - b[0]) for b, p in cells.values()]
+    assert abs(summ["mean_error_ratio_8_defenses"] - np.mean(ratios)) < 1e-9
+    pd = summ["per_defense"]
+    assert pd["krum"]["bypass(keep_mal>=keep_ben/2)"] == "True" and pd["krum"]["old(keep_mal>50%)"] == "False"
+    assert pd["fltrust"]["bypass(keep_mal>=keep_ben/2)"] == "False"  # keeps 40% of attackers vs 90% of clients
+    assert pd["median"]["bypass(keep_mal>=keep_ben/2)"].startswith("n/a")
+    assert summ["defenses_bypassed_of_8"] == 1 and summ["defenses_with_detection_of_8"] == 2
+    assert (tmp_path / "results.md").exists() and (tmp_path / "heatmap_pill.png").exists()
