@@ -171,6 +171,14 @@ def report(config, rows, wd: Workdir) -> dict:
                            "per_defense": {r["defense"]: r for r in prow},
                            "per_cell_ratio": {f"{a}/{d}": (None if np.isnan(ratio[i, j]) else float(ratio[i, j]))
                                               for i, a in enumerate(PA) for j, d in enumerate(PD)}}
+        if "fedavg" in D:
+            # reference: the ratio if each base attack got through every rule untouched, i.e. hurt as
+            # much as it hurts plain FedAvg (same run); Pill can beat it only by a pill more harmful
+            # than the whole base attack
+            e_avg = 1 - np.array([[by[("matrix", a, "fedavg", False, fr0)]["acc"] if ("matrix", a, "fedavg", False, fr0) in by
+                                   else np.nan] for a in PA])
+            summary["pill"]["ref_ratio_if_base_attack_passed_every_rule_as_fedavg"] = \
+                float(np.nanmean(e_avg / np.maximum(e_base[:, cols8], 1e-9))) if cols8 else None
         tables.append("\n## Pill (ours) vs the same attacks without Pill (mean over attacks; keep = share of "
                       "updates the rule kept, summed over rounds)\n")
         tables.append(markdown_table(prow, list(prow[0].keys())))

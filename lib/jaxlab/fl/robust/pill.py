@@ -8,8 +8,9 @@ two-step SimAdjust/DistAdjust. Outputs label runs "pill (ours)".
 re-searched every round ("dynamic pill search", the adaptive pattern). Layers are the
 ``kernel``/``bias`` pairs in parameter order (base layers, then the head). In the first layer the
 unit is the one whose incoming weights have the largest (``search='max'``, default), smallest
-(``'min'``) or a random (``'random'``, one permutation per run: a stable pill) L1 norm. In each
-next layer the unit is the one most strongly connected to the previous pill unit:
+(``'min'``) L1 norm, or a random one (``'random'``, drawn once per run: a stable pill). In each
+next layer the unit is the one most (``'min'``: least; ``'random'``: a random unit) strongly
+connected to the previous pill unit:
 ``argmax_j sum_{r in rows(u_prev)} |K[..., r, j]|`` where ``rows`` is ``u_prev`` itself, or every
 flattened position of that channel after a conv->dense flatten (NHWC: ``r % C_prev == u_prev``).
 The pill's parameters are each chosen unit's incoming weights and bias; in the **last layer** (the
