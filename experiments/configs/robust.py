@@ -6,6 +6,8 @@
 ``quick``: the tour row (SkyMask, FLTrust, median and FedAvg under Min-Max on 8x8 digits, 20 clients).
 ``matrix``: every attack x defense, with and without Pill, and the attacker-fraction sweep, on
 8x8 digits with a small MLP (fits in well under an hour on 2 CPU cores).
+``pill``: Pill (ours) with and without, on the 8 defenses + FedAvg, with a dose-response check:
+    python -m experiments.robust_matrix --workdir=/work/runs/robust_pill --config=experiments/configs/robust.py:pill
 ``paper``: SkyMask's published setting (Fashion-MNIST CNN, 100 clients, 20% attackers,
 non-IID bias 0.5, lr 0.5, batch 32, 2000 rounds; needs tfds and a lot of compute).
 """
@@ -65,6 +67,21 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
         c.fractions = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
         c.sweep_defenses = ("fedavg", "krum", "median", "fltrust", "skymask")
         c.sweep_attacks = ("lie", "fang_trim", "fang_krum", "min_max", "min_sum")
+    elif preset == "pill":
+        # Pill (ours) vs the same attacks without it on the matrix setting, every cell measured in
+        # this one run (same code, seed and attacker fraction), plus the no-attack error of each rule
+        # and a dose-response of louder pills (pill_norm x the largest benign-looking pill).
+        # python -m experiments.robust_matrix --workdir=/work/runs/robust_pill --config=experiments/configs/robust.py:pill
+        c.defenses = PILL_DEFENSES + ("fedavg",)
+        c.attacks = ("none",) + PILL_ATTACKS
+        c.pill_attacks = PILL_ATTACKS
+        c.pill_defenses = PILL_DEFENSES + ("fedavg",)
+        c.pill_doses = (3.0, 10.0, 30.0)
+        c.pill_dose_attacks = ("sign_flip",)
+        c.pill_dose_defenses = ("fedavg", "krum", "median", "fltrust")
+        c.fractions = ()
+        c.sweep_defenses = ()
+        c.sweep_attacks = ()
     elif preset == "paper":
         c.dataset = "fashion_mnist"
         c.num_clients = 100
@@ -83,5 +100,5 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
         c.sweep_defenses = ("fedavg", "krum", "median", "fltrust", "skymask")
         c.sweep_attacks = ("fang_trim", "fang_krum", "min_max", "min_sum")
     else:
-        raise ValueError(f"unknown preset {preset!r}: choose 'quick', 'matrix' or 'paper'")
+        raise ValueError(f"unknown preset {preset!r}: choose 'quick', 'matrix', 'pill' or 'paper'")
     return c
