@@ -109,20 +109,22 @@ def attack_case():
     return params, jnp.asarray(g), jnp.asarray(is_mal)
 
 
-def _benign_targets(g, is_mal):
+def _benign_targets(g, is_mal, q):
     g64 = np.asarray(g, np.float64)
     ben = g64[~np.asarray(is_mal)]
     gh = ben.mean(0)
     cos = ben @ gh / (np.linalg.norm(ben, axis=1) * np.linalg.norm(gh))
-    return gh, float(np.median(cos)), float(np.median(np.linalg.norm(ben - gh, axis=1)))
+    return gh, float(np.quantile(cos, 1 - q)), float(np.quantile(np.linalg.norm(ben - gh, axis=1), q))
 
 
-def test_pill_attack_looks_benign_and_poisons_only_its_pill(attack_case):
+@pytest.mark.parametrize("q", [0.05, 0.5])
+def test_pill_attack_looks_benign_and_poisons_only_its_pill(attack_case, q):
     params, g, is_mal = attack_case
     key = jax.random.PRNGKey(0)
-    out = np.asarray(pill_attack(make_attack("sign_flip")).apply(g, is_mal, key, {"params": params}), np.float64)
+    out = np.asarray(pill_attack(make_attack("sign_flip"), benign_quantile=q).apply(g, is_mal, key, {"params": params}),
+                     np.float64)
     np.testing.assert_array_equal(out[3:], np.asarray(g)[3:])
-    gh, cos_t, dist_t = _benign_targets(g, is_mal)
+    gh, cos_t, dist_t = _benign_targets(g, is_mal, q)
     for k in range(3):
         row = out[k]
         assert not np.allclose(row, np.asarray(g)[k])  # a pill was sent, not the honest update
@@ -179,6 +181,8 @@ def test_pill_bad_input(attack_case):
         pill_attack(base, carrier_mix=1.5)
     with pytest.raises(ValueError, match="pill_norm"):
         pill_attack(base, pill_norm=-1.0)
+    with pytest.raises(ValueError, match="benign_quantile"):
+        pill_attack(base, benign_quantile=2.0)
     with pytest.raises(ValueError, match="knowledge"):
         pill_attack(base, knowledge="oracle")
     with pytest.raises(ValueError, match="params"):

@@ -23,8 +23,13 @@ one pill for all.
 **Knowledge** [our choice, for a like-for-like comparison]: Pill observes exactly what its base
 attack observes (``base.knowledge``: the benign updates for the full-knowledge attacks, the
 attackers' own honest updates for ``"own"``, the paper's partial-knowledge setting). ``g_hat`` is
-the mean of the observed updates, and the **benign range** is the median, over the observed
-updates, of their cosine to ``g_hat`` (``cos_t``) and of their distance to ``g_hat`` (``dist_t``).
+the mean of the observed updates, and the **benign targets** are quantiles, over the observed
+updates, of their cosine to ``g_hat`` (``cos_t``: the ``1 - benign_quantile`` quantile) and of
+their distance to ``g_hat`` (``dist_t``: the ``benign_quantile`` quantile). [our choice]
+``benign_quantile = 0.05``: the malicious update looks like the most typical 5% of benign ones.
+(With the median, 0.5, the attacker sits at a median benign distance from the mean, and Krum,
+which keeps the single most central update, never picked it: measured 0 of 120 attacker updates
+kept on the digits matrix, /work/runs/robust_pill_v2_median; 0.05 was chosen after that run.)
 
 **Poisoning**: the base attack (any :class:`jaxlab.fl.robust.attacks.Attack`) produces its
 malicious rows; the poison is each row's deviation from the benign estimate, ``row - g_hat``,
@@ -63,7 +68,7 @@ from jaxlab.fl.robust.attacks import Attack, masked_mean, observed_mask
 __all__ = ["pill_layers", "pill_mask", "stealth_coefficients", "pill_attack", "SEARCHES", "DESIGN"]
 
 SEARCHES = ("max", "min", "random")
-DESIGN = "stealth-v2"  # recorded with every Pill result; bump it when the attack changes
+DESIGN = "stealth-v3"  # recorded with every Pill result; bump it when the attack changes
 
 
 def pill_layers(params) -> list[tuple[tuple, jax.Array, jax.Array | None]]:
@@ -192,7 +197,8 @@ def stealth_coefficients(pill_dir, carrier, g_hat, cos_target, dist_target, *, t
 
 
 def pill_attack(base: Attack, *, search: str = "max", pill_norm: float = 1.0, carrier_mix: float = 0.5,
-                shared: bool = False, knowledge: str | None = None, mask_fn: Callable | None = None) -> Attack:
+                shared: bool = False, knowledge: str | None = None, benign_quantile: float = 0.05,
+                mask_fn: Callable | None = None) -> Attack:
     """Wraps ``base`` into a Pill attack (see the module docstring for every choice).
 
     ``apply(updates [n, d], is_mal [n], key, ctx)`` needs ``ctx['params']`` (the broadcast global
@@ -204,6 +210,8 @@ def pill_attack(base: Attack, *, search: str = "max", pill_norm: float = 1.0, ca
         raise ValueError(f"carrier_mix={carrier_mix!r} must be in [0, 1]")
     if not float(pill_norm) >= 0.0:
         raise ValueError(f"pill_norm={pill_norm!r} must be >= 0 (1 = the largest pill that looks benign)")
+    if not 0.0 <= float(benign_quantile) <= 1.0:
+        raise ValueError(f"benign_quantile={benign_quantile!r} must be in [0, 1] (0.5: the median benign update)")
     knowledge = base.knowledge if knowledge is None else knowledge
     observed_mask(jnp.zeros(1, bool), knowledge)  # validates the name early
 
@@ -230,8 +238,8 @@ def pill_attack(base: Attack, *, search: str = "max", pill_norm: float = 1.0, ca
         g_hat = masked_mean(updates, obs)
         cos = (updates @ g_hat) / jnp.maximum(jnp.linalg.norm(updates, axis=1) * jnp.linalg.norm(g_hat), 1e-30)
         dist = jnp.linalg.norm(updates - g_hat, axis=1)
-        cos_t = jnp.nanmedian(jnp.where(obs, cos, jnp.nan))
-        dist_t = jnp.nanmedian(jnp.where(obs, dist, jnp.nan))
+        cos_t = jnp.nanquantile(jnp.where(obs, cos, jnp.nan), 1.0 - benign_quantile)
+        dist_t = jnp.nanquantile(jnp.where(obs, dist, jnp.nan), benign_quantile)
         p = (poisoned - g_hat) * m
         p = p / jnp.maximum(jnp.linalg.norm(p, axis=1, keepdims=True), 1e-30)
         carrier = (g_hat + carrier_mix * (updates - g_hat)) * (1 - m)
