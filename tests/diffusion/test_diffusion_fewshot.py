@@ -93,3 +93,30 @@ def test_fewshot_dm_presets():
     assert q.pretrain_steps < p.pretrain_steps and q.finetune_steps < p.finetune_steps
     with pytest.raises(ValueError, match="unknown preset"):
         get_config("huge")
+
+
+def test_denoiser_noise_level_closed_form_and_bad_t():
+    sched = ddpm.linear_schedule(100)
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(2), (4, 6, 6, 1)))
+    labels = np.zeros((4,), np.int32)
+    t = 7
+    ab = np.asarray(sched.alphas_cumprod, np.float64)[t]
+    # an "oracle" denoiser that returns its input: rms(eps) = sqrt(abar_t) * rms(x)
+    got = metrics.denoiser_noise_level(lambda p, xt, tt, y: xt, None, sched, x, labels, t=t)
+    rms = np.sqrt((np.asarray(x, np.float64) ** 2).mean(axis=(1, 2, 3)))
+    np.testing.assert_allclose(got, np.sqrt(1 - ab) * np.sqrt(ab) * rms, rtol=1e-5)
+    # a denoiser that finds no noise scores 0; the timestep reaches the denoiser unchanged
+    seen = []
+    zero = metrics.denoiser_noise_level(lambda p, xt, tt, y: (seen.append(tt), 0 * xt)[1], None, sched, x, labels, t=3)
+    assert np.all(zero == 0.0) and np.all(np.asarray(seen[0]) == 3)
+    with pytest.raises(ValueError, match="t=100"):
+        metrics.denoiser_noise_level(lambda p, xt, tt, y: xt, None, sched, x, labels, t=100)
+
+
+def test_small_unet_config_attention_levels():
+    c = fewshot.small_unet_config(16, 10, (8, 16), attention=(False, True))
+    assert c.down_block_types == ("DownBlock2D", "AttnDownBlock2D")
+    assert c.up_block_types == ("AttnUpBlock2D", "UpBlock2D")
+    assert fewshot.small_unet_config(8).down_block_types == ("AttnDownBlock2D", "AttnDownBlock2D")  # default unchanged
+    with pytest.raises(ValueError, match="one bool per level"):
+        fewshot.small_unet_config(16, 10, (8, 16), attention=(True,))

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 __all__ = ["DigitClassifier", "train_classifier", "classifier_features", "classifier_predict",
-           "high_frequency_ratio", "sample_metrics", "pairwise_rms"]
+           "high_frequency_ratio", "sample_metrics", "pairwise_rms", "denoiser_noise_level"]
 
 
 class DigitClassifier(nn.Module):
@@ -91,6 +91,27 @@ def high_frequency_ratio(x: np.ndarray) -> np.ndarray:
     p = np.pad(u, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
     lap = p[:, :-2, 1:-1] + p[:, 2:, 1:-1] + p[:, 1:-1, :-2] + p[:, 1:-1, 2:] - 4 * u
     return (lap ** 2).sum(axis=(1, 2, 3)) / np.maximum((u ** 2).sum(axis=(1, 2, 3)), 1e-8)
+
+
+def denoiser_noise_level(eps_fn, params: Any, schedule, x: jax.Array, labels: jax.Array, t: int = 10) -> np.ndarray:
+    """Per-image residual noise std ``[N]`` (pixel units of [-1, 1]) estimated by a *reference* denoiser.
+
+    Each image is read as the clean image of a forward-noised input at timestep ``t``, i.e. the
+    denoiser gets ``sqrt(abar_t) x`` and its noise estimate is rescaled to pixels:
+    ``sqrt(1 - abar_t) * rms(eps_fn(params, sqrt(abar_t) x, t, labels))``. On clean digits the
+    pretrained model finds almost no noise; noisy patterns, haze and blotches are read as noise.
+    This is the "residual of the pretrained model at small t" noise metric of the reproduction plan
+    (diffusion.md section 2); [our choice] t = 10 (sigma_t ~ 0.05 on the linear T=1000 schedule).
+
+    ``eps_fn(params, x, t, labels)`` as in :mod:`jaxlab.diffusion.ddpm`; ``x``: ``[N, H, W, C]``.
+    """
+    T = int(schedule.alphas_cumprod.shape[0])
+    if not 0 <= int(t) < T:
+        raise ValueError(f"t={t} must lie in [0, {T}) for this schedule")
+    ab = schedule.alphas_cumprod[int(t)]
+    x = jnp.asarray(x, jnp.float32)
+    e = eps_fn(params, jnp.sqrt(ab) * x, jnp.full((x.shape[0],), int(t), jnp.int32), jnp.asarray(labels, jnp.int32))
+    return np.asarray(jnp.sqrt(1.0 - ab) * jnp.sqrt(jnp.mean(jnp.square(e), axis=tuple(range(1, x.ndim)))), np.float64)
 
 
 def pairwise_rms(a: np.ndarray, b: np.ndarray) -> np.ndarray:
