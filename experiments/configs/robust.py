@@ -6,6 +6,9 @@
 ``quick``: the tour row (SkyMask, FLTrust, median and FedAvg under Min-Max on 8x8 digits, 20 clients).
 ``matrix``: every attack x defense, with and without Pill, and the attacker-fraction sweep, on
 8x8 digits with a small MLP (fits in well under an hour on 2 CPU cores).
+``skymask``: the five attacks x (FedAvg, Krum, median, FLTrust, SkyMask), one attacker fraction per run:
+    python -m experiments.robust --workdir=/work/runs/robust_skymask20 --config=experiments/configs/robust.py:skymask
+    python -m experiments.robust --workdir=/work/runs/robust_skymask50 --config=experiments/configs/robust.py:skymask --config.attacker_fraction=0.5
 ``pill``: Pill (ours) with and without, on the 8 defenses + FedAvg, with a dose-response check:
     python -m experiments.robust_matrix --workdir=/work/runs/robust_pill --config=experiments/configs/robust.py:pill
 ``paper``: SkyMask's published setting (Fashion-MNIST CNN, 100 clients, 20% attackers,
@@ -67,6 +70,16 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
         c.fractions = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
         c.sweep_defenses = ("fedavg", "krum", "median", "fltrust", "skymask")
         c.sweep_attacks = ("lie", "fang_trim", "fang_krum", "min_max", "min_sum")
+    elif preset == "skymask":
+        # the SkyMask claim: matrix setting, the five attacks x SkyMask and the baselines it
+        # must beat; run once per fraction (--config.attacker_fraction=0.2 or 0.5)
+        c.defenses = ("fedavg", "krum", "median", "fltrust", "skymask")
+        c.attacks = ("none", "lie", "fang_trim", "fang_krum", "min_max", "min_sum")
+        c.pill_attacks = ()
+        c.pill_defenses = ()
+        c.fractions = ()
+        c.sweep_defenses = ()
+        c.sweep_attacks = ()
     elif preset == "pill":
         # Pill (ours) vs the same attacks without it on the matrix setting, every cell measured in
         # this one run (same code, seed and attacker fraction), plus the no-attack error of each rule
@@ -100,5 +113,5 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
         c.sweep_defenses = ("fedavg", "krum", "median", "fltrust", "skymask")
         c.sweep_attacks = ("fang_trim", "fang_krum", "min_max", "min_sum")
     else:
-        raise ValueError(f"unknown preset {preset!r}: choose 'quick', 'matrix', 'pill' or 'paper'")
+        raise ValueError(f"unknown preset {preset!r}: choose 'quick', 'matrix', 'skymask', 'pill' or 'paper'")
     return c
