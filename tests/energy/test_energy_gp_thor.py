@@ -30,27 +30,69 @@ def test_kernel_is_ard_matern52_with_euclidean_distance():
     assert abs(K[0, 1] - 1.7 ** 2 * (1 + r1 + r1 ** 2 / 3) * math.exp(-r1)) > 1e-3
 
 
+def _reference_posterior(gp, Ft, d):
+    """float64 numpy GP with the integrated linear mean: K = a^2 M52 + sb^2 + sw^2 x_M.x_M' + noise."""
+    p = {k: np.asarray(v, np.float64) for k, v in gp.params.items()}
+    n = gp.n
+    X, z = gp.X[:n, :d], gp.z[:n]
+    Xt = np.log(Ft) - gp.x_mu
+    amp, ls = math.exp(p["log_amp"]), np.exp(p["log_ls"][:d])
+    sb2, sw = math.exp(2 * p["log_sb"]), math.exp(p["log_sw"]) * p["mean_mask"][:d]
+    lin = lambda A, Bm: sb2 + (A * sw) @ (Bm * sw).T
+    noise = math.exp(2 * p["log_noise"]) + math.exp(2 * p["log_rel"]) * p["rsq"][:n] + 1e-8
+    K = _matern52_l2(X, X, amp, ls) + lin(X, X) + np.diag(noise)
+    Ks = _matern52_l2(Xt, X, amp, ls) + lin(Xt, X)
+    Kss = _matern52_l2(Xt, Xt, amp, ls) + lin(Xt, Xt)
+    w0 = (p["w0"] * p["mean_mask"])[:d]
+    mu = Xt @ w0 + Ks @ np.linalg.solve(K, z - X @ w0) + gp.y_mu
+    cov = Kss - Ks @ np.linalg.solve(K, Ks.T)
+    return mu, cov
+
+
 def test_posterior_matches_numpy_gp_with_same_hyperparameters():
     rng = np.random.default_rng(1)
     F = np.exp(rng.uniform(0, 3, size=(20, 2)))
     y = np.exp(0.7 * np.log(F[:, 0]) + 0.2 * np.log(F[:, 1]) + 0.05 * rng.normal(size=20))
-    gp = G.fit_gp("dense", F, y, steps=50, mean_cols=[0])
+    ctx = y * rng.uniform(1, 5, size=20)
+    gp = G.fit_gp("dense", F, y, steps=50, mean_cols=[0], context=ctx)
     assert gp.params["mean_mask"].tolist() == [1.0] + [0.0] * (G.D_MAX - 1)
+    assert gp.params["w0"][0] == pytest.approx(1.0) and np.all(gp.params["w0"][1:] == 0)
     Ft = np.exp(rng.uniform(0, 3, size=(5, 2)))
     mu, var = G.predict_gp(gp, Ft)
-    p = {k: np.asarray(v, np.float64) for k, v in gp.params.items()}
-    d = F.shape[1]
-    X, z = gp.X[: gp.n, :d], gp.z[: gp.n]
-    Xt = (np.log(Ft) - gp.x_mu) / gp.x_sd
-    amp, ls = math.exp(p["log_amp"]), np.exp(p["log_ls"][:d])
-    K = _matern52_l2(X, X, amp, ls) + (math.exp(2 * p["log_noise"]) + 1e-6) * np.eye(len(X))
-    Ks = _matern52_l2(Xt, X, amp, ls)
-    w = (p["w"] * p["mean_mask"])[:d]
-    m0, mt = p["b"] + X @ w, p["b"] + Xt @ w
-    ref_mu = mt + Ks @ np.linalg.solve(K, z - m0)
-    ref_var = amp ** 2 - np.einsum("ij,ji->i", Ks, np.linalg.solve(K, Ks.T))
-    np.testing.assert_allclose(mu, ref_mu * gp.y_sd + gp.y_mu, rtol=1e-3, atol=1e-3)
-    np.testing.assert_allclose(var, np.maximum(ref_var, 0) * gp.y_sd ** 2, rtol=2e-2, atol=1e-4)
+    mu_f, cov = G.predict_gp(gp, Ft, full_cov=True)
+    ref_mu, ref_cov = _reference_posterior(gp, Ft, F.shape[1])
+    np.testing.assert_allclose(mu, ref_mu, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(mu_f, ref_mu, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(var, np.maximum(np.diag(ref_cov), 0), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(cov, ref_cov, rtol=1e-4, atol=1e-7)
+
+
+def test_two_points_do_not_extrapolate_wildly():
+    """With 2 near-identical samples the mean slope stays at its prior (cost ∝ work), instead of
+    the arbitrary slope a fitted mean over standardised inputs gave (held-out MAPE ~1e4 %)."""
+    F = np.array([[1e6, 2e5], [1.05e6, 2.1e5]])
+    c = np.array([1e-3, 0.9e-3])  # noise makes the bigger layer look cheaper
+    gp = G.fit_gp("pool", F, c, mean_cols=[0, 1], steps=100)
+    mu, var = G.predict_gp(gp, np.array([[1e8, 2e7]]))  # 100x more work
+    # prior elasticity 1: ~100x the cost, within the stated uncertainty
+    assert abs(mu[0] - math.log(0.95e-3 * 100)) < 1.0
+    assert 2.0 * math.sqrt(var[0]) > abs(mu[0] - math.log(0.95e-3 * 100))
+
+
+def test_pseudo_points_reduce_variance_like_real_observations():
+    rng = np.random.default_rng(3)
+    F = np.exp(rng.uniform(0, 3, size=(12, 2)))
+    y = F[:, 0] * F[:, 1] ** 0.5
+    gp = G.fit_gp("dense", F, y, steps=50, mean_cols=[0], context=y)
+    q = np.exp(np.array([[4.0, 4.0], [4.2, 3.9], [0.5, 0.5]]))
+    mu0, v0 = G.predict_gp(gp, q)
+    gp2 = G.add_pseudo_points(gp, q[:1], np.array([1.0]))
+    mu1, v1 = G.predict_gp(gp2, q)
+    np.testing.assert_allclose(mu1, mu0, atol=1e-6)  # believer: the mean does not move
+    assert v1[0] < 0.5 * v0[0] and v1[1] < v0[1]  # the picked point and its neighbour
+    # same as conditioning on the point with its noise, in the float64 reference
+    _, ref_cov = _reference_posterior(gp2, q, 2)
+    np.testing.assert_allclose(v1, np.diag(ref_cov), rtol=1e-4, atol=1e-7)
 
 
 def test_gp_fit_interpolates_and_is_uncertain_far_away():

@@ -2,30 +2,45 @@
 
 Model [paper: Matérn nu = 2.5; the rest is our choice, following systems.md's proposals]::
 
-    x = (log(features) - mu_x) / sd_x                       # standardised log features, [D]
-    z = (log(max(cost, floor)) - mu_y) / sd_y               # standardised log cost
-    z ~ GP(b + w.x,  a^2 * Matern52_L2(x / l, x' / l)) + N(0, s^2)
+    x = log(features) - mu_x                                # centred log features, natural-log units, [D]
+    y = log(max(cost, floor)) - mu_y                        # centred log cost
+    y = m0(x) + b + w.x_M + f(x) + eps
+        f ~ GP(0, a^2 * Matern52_L2(x / l, x' / l))         # ARD, one length scale per feature
+        b ~ N(0, sb^2),  w ~ N(0, sw^2 I)                  # mean weights, integrated out
+        m0(x) = w0 . x_M                                    # prior mean slope on the mean columns M
+        eps ~ N(0, s^2 + r^2 * rsq_i)                       # meter + subtraction noise
 
 * Kernel: tinygp's ``Matern52`` uses the **L1** distance by default; THOR's kernel is the
   standard (Euclidean) Matérn-5/2, so we pass ``distance=L2Distance()`` explicitly. ARD through
   ``transforms.Linear(1 / l, ...)`` with one length scale per feature.
-* Mean: a linear function of chosen log features [our choice; THOR uses log FLOPs and log bytes].
-  Costs are close to power laws in the layer sizes, i.e. linear in log space, so the linear mean
+* Mean [our choice]: a linear function of a few log features (THOR passes log FLOPs and log
+  bytes): costs are close to power laws in the layer sizes, i.e. linear in log space, so the mean
   extrapolates to bigger layers and the GP models the residual (cache, vectorisation, launch
-  effects). A small ridge penalty on ``w`` keeps it stable with few points.
-* Hyperparameters (log a, log l [D], log s, b, w) maximise the log marginal likelihood with
-  optax Adam through JAX gradients (one jitted ``lax.scan``).
+  effects). The mean weights are **not** point-estimated: they get a Gaussian prior and are
+  integrated out in closed form (Rasmussen & Williams 2006, §2.7), which adds
+  ``sb^2 + sw^2 x_M.x'_M`` to the kernel. With few points (2-3 samples of a kind) a fitted slope
+  over near-identical inputs could be anything, and exp() of an extrapolated log cost exploded
+  (held-out MAPE ~1e4 % in the old version); with the prior the slope stays near ``w0`` until
+  the data say otherwise, and the slope's uncertainty is part of the predictive variance.
+  ``w0``: the elasticity of cost w.r.t. work is ~1 (cost ∝ FLOPs or bytes), split evenly over the
+  mean columns; ``sw = 0.5`` [our choice: elasticities between ~0 and ~2 are plausible].
+* Inputs are only centred, never divided by their sample spread: with n = 2 points the spread is
+  arbitrary, and the old per-fit standardisation turned tiny input differences into big slopes.
+* Hyperparameters (log a, log l [D], log s, log r) maximise the log marginal likelihood with optax
+  Adam through JAX gradients (one jitted ``lax.scan``), clipped to a sane range.
 * Noise: a homoscedastic term plus, when ``context`` is given, a heteroscedastic term for the
   subtraction (see :func:`fit_gp`).
 * Floor: subtraction of noisy measurements can give a non-positive layer cost (a layer XLA
   fused away, or noise); it is floored at ``floor_frac`` x the median positive cost of that kind
-  before the log [our choice].
+  before the log [our choice]. Its large ``rsq`` (context / floor)^2 makes such a point nearly
+  uninformative.
 * Padding: training sets are padded to a power of two (>= 16) with points of variance 1e6 that
   carry no information, so active learning re-uses a handful of compiled fits. The GP algebra
   runs in float64 inside a local ``jax.enable_x64`` context (float32 Cholesky fails with the
   padding variance).
 
-Predictions are in natural-log cost space: ``mean_log, var_log`` (latent, without the noise).
+Predictions are in natural-log cost space: ``mean_log, var_log`` of the latent cost (mean
+weights integrated, measurement noise excluded); ``full_cov=True`` gives the joint covariance.
 """
 
 from __future__ import annotations
@@ -34,30 +49,32 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-__all__ = ["LayerGP", "fit_gp", "predict_gp", "gp_kernel", "PAD_VARIANCE", "D_MAX"]
+__all__ = ["LayerGP", "fit_gp", "predict_gp", "gp_kernel", "add_pseudo_points", "PAD_VARIANCE", "D_MAX"]
 
 PAD_VARIANCE = 1e6
 D_MAX = 10  # features are zero-padded to this many columns (the most of any layer kind)
 
 
 class LayerGP(NamedTuple):
-    """A fitted GP for one layer kind. Arrays are numpy; ``params`` a dict of numpy arrays."""
+    """A fitted GP for one layer kind. Arrays are numpy; ``params`` a dict of numpy arrays.
+
+    ``params``: log_amp, log_ls [D_MAX], log_noise, log_rel (fitted); w0 [D_MAX] prior mean slope,
+    mean_mask [D_MAX] (1 on mean columns), log_sw, log_sb (prior sds), rsq [n_pad] (fixed).
+    """
 
     kind: str
-    X: np.ndarray  # [n_pad, D_MAX] standardised log features (zero-padded columns)
-    z: np.ndarray  # [n_pad] standardised log targets
+    X: np.ndarray  # [n_pad, D_MAX] centred log features (zero-padded columns)
+    z: np.ndarray  # [n_pad] centred log targets
     diag: np.ndarray  # [n_pad] 0 for real points, PAD_VARIANCE for padding
-    x_mu: np.ndarray
-    x_sd: np.ndarray
-    y_mu: float
-    y_sd: float
+    x_mu: np.ndarray  # [D] mean of log features
+    y_mu: float  # mean of log targets
     floor: float
     params: dict
     n: int  # real training points
 
 
 def gp_kernel(params):
-    """ARD Matérn-5/2 with the Euclidean (L2) distance, amplitude a^2."""
+    """ARD Matérn-5/2 with the Euclidean (L2) distance, amplitude a^2 (the residual process f)."""
     import jax.numpy as jnp
     from tinygp import kernels, transforms
     from tinygp.kernels.distance import L2Distance
@@ -66,18 +83,28 @@ def gp_kernel(params):
     return jnp.exp(2.0 * params["log_amp"]) * transforms.Linear(jnp.exp(-params["log_ls"]), base)
 
 
+def full_kernel(params):
+    """Matérn residual + the integrated linear mean: ``sb^2 + sw^2 x_M . x'_M``."""
+    import jax.numpy as jnp
+    from tinygp import kernels, transforms
+
+    lin = transforms.Linear(jnp.exp(params["log_sw"]) * params["mean_mask"], kernels.DotProduct())
+    return gp_kernel(params) + kernels.Constant(jnp.exp(2.0 * params["log_sb"])) + lin
+
+
 def _gp(params, X, diag):
     import jax.numpy as jnp
     from tinygp import GaussianProcess
 
     def mean(x):
-        return params["b"] + jnp.dot(x, params["w"] * params["mean_mask"])
+        return jnp.dot(x, params["w0"] * params["mean_mask"])
 
-    noise = jnp.exp(2.0 * params["log_noise"]) + jnp.exp(2.0 * params["log_rel"]) * params["rsq"] + 1e-6
-    return GaussianProcess(gp_kernel(params), X, diag=diag + noise, mean=mean)
+    noise = jnp.exp(2.0 * params["log_noise"]) + jnp.exp(2.0 * params["log_rel"]) * params["rsq"] + 1e-8
+    return GaussianProcess(full_kernel(params), X, diag=diag + noise, mean=mean)
 
 
 _FIT_CACHE: dict = {}
+_FIXED = ("w0", "mean_mask", "log_sw", "log_sb", "rsq")  # not optimised
 
 
 def _x64():
@@ -87,8 +114,8 @@ def _x64():
     return jax.enable_x64(True)
 
 
-def _fit_fn(steps: int, lr: float, ridge: float):
-    key = (steps, lr, ridge)
+def _fit_fn(steps: int, lr: float):
+    key = (steps, lr)
     if key in _FIT_CACHE:
         return _FIT_CACHE[key]
     import jax
@@ -97,24 +124,24 @@ def _fit_fn(steps: int, lr: float, ridge: float):
 
     opt = optax.adam(lr)
 
-    def nll(params, X, z, diag, n):
-        lp = _gp(params, X, diag).log_probability(z)
-        return -lp / n + ridge * jnp.sum((params["w"] * params["mean_mask"]) ** 2)
-
     @jax.jit
-    def fit(params, X, z, diag, n):
+    def fit(free, fixed, X, z, diag, n):
+        def nll(p):
+            return -_gp({**p, **fixed}, X, diag).log_probability(z) / n
+
         def body(carry, _):
             p, s = carry
-            loss, g = jax.value_and_grad(nll)(p, X, z, diag, n)
+            loss, g = jax.value_and_grad(nll)(p)
             upd, s = opt.update(g, s, p)
             p = optax.apply_updates(p, upd)
-            # keep the noise and length scales in a sane range (standardised inputs/targets)
-            p = dict(p, mean_mask=params["mean_mask"], rsq=params["rsq"], log_noise=jnp.clip(p["log_noise"], jnp.log(1e-3), jnp.log(1.0)),
-                     log_ls=jnp.clip(p["log_ls"], jnp.log(0.05), jnp.log(100.0)),
+            # keep noise, amplitude and length scales in a sane range (inputs/targets in log units)
+            p = dict(p, log_noise=jnp.clip(p["log_noise"], jnp.log(1e-3), jnp.log(1.0)),
+                     log_ls=jnp.clip(p["log_ls"], jnp.log(0.1), jnp.log(50.0)),
+                     log_amp=jnp.clip(p["log_amp"], jnp.log(1e-3), jnp.log(3.0)),
                      log_rel=jnp.clip(p["log_rel"], jnp.log(1e-4), jnp.log(1.0)))
             return (p, s), loss
 
-        (p, _), losses = jax.lax.scan(body, (params, opt.init(params)), None, length=steps)
+        (p, _), losses = jax.lax.scan(body, (free, opt.init(free)), None, length=steps)
         return p, losses
 
     _FIT_CACHE[key] = fit
@@ -126,16 +153,20 @@ def _pad_size(n: int) -> int:
 
 
 def fit_gp(kind: str, features: np.ndarray, costs: np.ndarray, *, context: np.ndarray | None = None,
-           mean_cols: Sequence[int] | None = None, steps: int = 300, lr: float = 0.05, ridge: float = 1e-2,
+           mean_cols: Sequence[int] | None = None, steps: int = 300, lr: float = 0.05,
+           slope_prior: float | None = None, slope_sd: float = 0.5, offset_sd: float = 2.0,
            floor_frac: float = 0.05) -> LayerGP:
     """Fits one GP. features: [n, D] positive raw features (D <= 10); costs: [n] (joules or seconds).
 
-    context: [n] the size of the measurements each cost was subtracted from (THOR: c_{i-1} + c_i).
-    When given, point i gets extra noise variance ``r^2 * (context_i / cost_i)^2`` in log space
-    with a learnt relative measurement noise ``r`` [our choice: heteroscedastic subtraction
-    noise]: a small layer subtracted from two big variants is mostly noise and is down-weighted.
-    mean_cols: feature columns the linear mean uses (default: all). THOR passes the FLOPs and
-    bytes columns: a mean over all (collinear) features extrapolates wildly with few points.
+    context: [n] the scale of the measurements each cost was subtracted from (THOR:
+    ``sqrt(c_{i-1}^2 + c_i^2)``). When given, point i gets extra noise variance
+    ``r^2 * (context_i / cost_i)^2`` in log space with a learnt relative measurement noise ``r``
+    [our choice: heteroscedastic subtraction noise]: a small layer subtracted from two big
+    variants is mostly noise and is down-weighted.
+    mean_cols: feature columns of the linear mean (default: all). THOR passes the FLOPs and bytes
+    columns. slope_prior: prior mean of the total elasticity over ``mean_cols`` (split evenly;
+    default 1.0, i.e. cost ∝ work); slope_sd / offset_sd: prior sds of each slope and of the
+    offset, in log units.
     """
     import jax.numpy as jnp
 
@@ -151,24 +182,24 @@ def fit_gp(kind: str, features: np.ndarray, costs: np.ndarray, *, context: np.nd
         raise ValueError(f"kind {kind!r}: features must be finite and > 0 (they are log-scaled)")
     if not np.all(np.isfinite(c)):
         raise ValueError(f"kind {kind!r}: costs contain NaN/inf")
+    if slope_sd <= 0 or offset_sd <= 0:
+        raise ValueError(f"slope_sd={slope_sd} and offset_sd={offset_sd} must be > 0")
     pos = c[c > 0]
     floor = float(floor_frac * np.median(pos)) if pos.size else 1e-12
     y = np.log(np.maximum(c, floor))
     L = np.log(F)
-    x_mu, x_sd = L.mean(0), L.std(0)
-    x_sd = np.where(x_sd > 1e-9, x_sd, 1.0)
-    y_mu, y_sd = float(y.mean()), float(y.std()) if y.std() > 1e-9 else 1.0
-    X = (L - x_mu) / x_sd
-    z = (y - y_mu) / y_sd
+    x_mu = L.mean(0)
+    y_mu = float(y.mean())
+    X = L - x_mu
+    z = y - y_mu
     n, d = X.shape
     cols = list(range(d)) if mean_cols is None else [int(i) for i in mean_cols]
+    if any(not 0 <= i < d for i in cols):
+        raise ValueError(f"mean_cols={cols} must index the {d} feature columns")
     mask = np.zeros(D_MAX)
     mask[cols] = 1.0
-    # initial linear mean by ridge least squares on the mean columns: a good start for Adam
-    A = np.concatenate([np.ones((n, 1)), X[:, cols]], 1)
-    coef = np.linalg.solve(A.T @ A + 1e-1 * np.eye(len(cols) + 1), A.T @ z)
     w0 = np.zeros(D_MAX)
-    w0[cols] = coef[1:]
+    w0[cols] = (1.0 if slope_prior is None else float(slope_prior)) / max(len(cols), 1)
     # pad points to a power of two and features to D_MAX zero columns (no effect on the kernel or
     # the mean), so every kind and most active-learning rounds share one compiled fit
     m = _pad_size(n)
@@ -180,49 +211,94 @@ def fit_gp(kind: str, features: np.ndarray, costs: np.ndarray, *, context: np.nd
         ctx = np.asarray(context, np.float64)
         if ctx.shape != c.shape or np.any(ctx < 0):
             raise ValueError(f"context {ctx.shape} must be [n] = {c.shape} and >= 0")
-        rsq[:n] = (ctx / np.maximum(c, floor)) ** 2 / y_sd ** 2
-    fit = _fit_fn(int(steps), float(lr), float(ridge))
-    with _x64():
-        params = {"log_amp": jnp.asarray(np.log(0.5)), "log_ls": jnp.zeros(D_MAX, jnp.float64),
-                  "log_noise": jnp.asarray(np.log(0.1)), "b": jnp.asarray(coef[0]), "w": jnp.asarray(w0),
-                  "mean_mask": jnp.asarray(mask), "rsq": jnp.asarray(rsq), "log_rel": jnp.asarray(np.log(0.02))}
-        p, _ = fit(params, jnp.asarray(Xp), jnp.asarray(zp), jnp.asarray(diag), jnp.asarray(float(n)))
-        p = {k: np.asarray(v, np.float64) for k, v in p.items()}
-    return LayerGP(kind, Xp, zp, diag, x_mu, x_sd, y_mu, y_sd, floor, p, n)
+        rsq[:n] = (ctx / np.maximum(c, floor)) ** 2
+    # length scales start at the spread of each feature (>= 1 nat)
+    ls0 = np.ones(D_MAX); ls0[:d] = np.maximum(X.std(0), 1.0)
+    fit = _fit_fn(int(steps), float(lr))
+    fixed = {"w0": w0, "mean_mask": mask, "log_sw": np.log(slope_sd), "log_sb": np.log(offset_sd), "rsq": rsq}
+    free = {"log_amp": np.log(0.3), "log_ls": np.log(ls0), "log_noise": np.log(0.05), "log_rel": np.log(0.02)}
+    for rnd in range(2 if context is not None else 1):
+        if rnd == 1:
+            # Second pass [our choice]: the subtraction-noise weight of a point must not depend on
+            # its own noisy value (weighting by the observed cost favours draws that came out high
+            # and biased small layers upwards by up to e^0.9 here), so it uses the first fit's
+            # smoothed cost at that point instead.
+            chat = np.exp(predict_gp(gp, F)[0])
+            rsq = fixed["rsq"].copy()
+            rsq[:n] = (ctx / chat) ** 2
+            fixed = dict(fixed, rsq=rsq)
+        with _x64():
+            p, _ = fit({k: jnp.asarray(v) for k, v in free.items()}, {k: jnp.asarray(v) for k, v in fixed.items()},
+                       jnp.asarray(Xp), jnp.asarray(zp), jnp.asarray(diag), jnp.asarray(float(n)))
+            free = {k: np.asarray(v, np.float64) for k, v in p.items()}
+        gp = LayerGP(kind, Xp, zp, diag, x_mu, y_mu, floor, {**free, **{k: np.asarray(v, np.float64) for k, v in fixed.items()}}, n)
+    return gp
 
 
 _PRED_CACHE: dict = {}
 
 
-def _predict_fn():
-    if "f" in _PRED_CACHE:
-        return _PRED_CACHE["f"]
+def _predict_fn(full: bool):
+    if full in _PRED_CACHE:
+        return _PRED_CACHE[full]
     import jax
 
     @jax.jit
     def pred(params, X, z, diag, Xt):
         cond = _gp(params, X, diag).condition(z, Xt).gp
-        return cond.loc, cond.variance
+        return cond.loc, (cond.covariance if full else cond.variance)
 
-    _PRED_CACHE["f"] = pred
+    _PRED_CACHE[full] = pred
     return pred
 
 
-def predict_gp(gp: LayerGP, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Predictive (mean, variance) of log cost at features [m, D] (raw). Returns two [m] float64."""
+def _queries(gp: LayerGP, features) -> np.ndarray:
+    F = np.atleast_2d(np.asarray(features, dtype=np.float64))
+    if F.ndim != 2 or F.shape[1] != len(gp.x_mu):
+        raise ValueError(f"kind {gp.kind!r}: features {F.shape} must be [m, {len(gp.x_mu)}] (the GP's columns)")
+    if np.any(F <= 0) or not np.all(np.isfinite(F)):
+        raise ValueError(f"kind {gp.kind!r}: features must be finite and > 0 (they are log-scaled)")
+    return np.log(F) - gp.x_mu
+
+
+def predict_gp(gp: LayerGP, features: np.ndarray, *, full_cov: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Predictive mean and variance of log cost at raw features [m, D].
+
+    Returns ([m] mean, [m] variance) float64, or ([m], [m, m] covariance) with ``full_cov``.
+    """
     import jax.numpy as jnp
 
-    F = np.atleast_2d(np.asarray(features, dtype=np.float64))
-    if F.shape[1] != len(gp.x_mu):
-        raise ValueError(f"kind {gp.kind!r}: features have {F.shape[1]} columns, the GP was fitted on {len(gp.x_mu)}")
-    if np.any(F <= 0):
-        raise ValueError(f"kind {gp.kind!r}: features must be > 0 (they are log-scaled)")
-    Xt = (np.log(F) - gp.x_mu) / gp.x_sd
-    m = _pad_size(len(Xt))  # pad queries too, to re-use compiled predictions
-    Xq = np.zeros((m, D_MAX)); Xq[: len(Xt), : Xt.shape[1]] = Xt
+    Xt = _queries(gp, features)
+    k = len(Xt)
+    m = _pad_size(k)  # pad queries too, to re-use compiled predictions
+    Xq = np.zeros((m, D_MAX)); Xq[:k, : Xt.shape[1]] = Xt
     with _x64():
-        params = {k: jnp.asarray(v) for k, v in gp.params.items()}
-        loc, var = _predict_fn()(params, jnp.asarray(gp.X), jnp.asarray(gp.z), jnp.asarray(gp.diag), jnp.asarray(Xq))
-    loc = np.asarray(loc, np.float64)[: len(Xt)]
-    var = np.maximum(np.asarray(var, np.float64)[: len(Xt)], 0.0)
-    return loc * gp.y_sd + gp.y_mu, var * gp.y_sd ** 2
+        params = {key: jnp.asarray(v) for key, v in gp.params.items()}
+        loc, var = _predict_fn(full_cov)(params, jnp.asarray(gp.X), jnp.asarray(gp.z), jnp.asarray(gp.diag), jnp.asarray(Xq))
+    loc = np.asarray(loc, np.float64)[:k] + gp.y_mu
+    var = np.asarray(var, np.float64)
+    if full_cov:
+        cov = var[:k, :k]
+        cov = 0.5 * (cov + cov.T)
+        np.fill_diagonal(cov, np.maximum(np.diag(cov), 0.0))
+        return loc, cov
+    return loc, np.maximum(var[:k], 0.0)
+
+
+def add_pseudo_points(gp: LayerGP, features: np.ndarray, rsq: np.ndarray) -> LayerGP:
+    """The GP as if ``features`` [k, D] had been observed at their predicted mean ("kriging believer").
+
+    Hyperparameters stay fixed, so the predictive *variance* is exactly the posterior variance after
+    observing these points with noise ``s^2 + r^2 rsq`` (it does not depend on the values), and the
+    mean is unchanged. Used to pick a batch of active-learning queries greedily.
+    """
+    Xt = _queries(gp, features)
+    rsq = np.broadcast_to(np.asarray(rsq, np.float64), (len(Xt),))
+    mu, _ = predict_gp(gp, features)
+    n_new = gp.n + len(Xt)
+    m = max(len(gp.z), _pad_size(n_new))
+    X = np.zeros((m, D_MAX)); X[: len(gp.X)] = gp.X; X[gp.n:n_new, : Xt.shape[1]] = Xt
+    z = np.zeros(m); z[: len(gp.z)] = gp.z; z[gp.n:n_new] = mu - gp.y_mu
+    diag = np.full(m, PAD_VARIANCE); diag[: len(gp.diag)] = gp.diag; diag[gp.n:n_new] = 0.0
+    r = np.zeros(m); r[: len(gp.params["rsq"])] = gp.params["rsq"]; r[gp.n:n_new] = rsq
+    return gp._replace(X=X, z=z, diag=diag, n=n_new, params=dict(gp.params, rsq=r))

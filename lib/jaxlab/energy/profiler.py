@@ -523,7 +523,7 @@ class LayerSample(NamedTuple):
     features: dict
     cost: float
     chain: int
-    context: float = 0.0  # c_{i-1} + c_i: the measurements this cost is the difference of
+    context: float = 0.0  # sqrt(c_{i-1}^2 + c_i^2): scale of the measurements this cost is the difference of
 
 
 def chain_samples(chain: Network, costs: Sequence[float], chain_id: int = 0) -> list[LayerSample]:
@@ -537,6 +537,7 @@ def chain_samples(chain: Network, costs: Sequence[float], chain_id: int = 0) -> 
         raise ValueError(f"costs has {len(costs)} entries; a {len(placed)}-layer chain needs {len(placed) + 1}")
     out = [LayerSample("fixed", fixed_features(chain), float(costs[0]), chain_id, float(abs(costs[0])))]
     for i, p in enumerate(placed):
+        # a difference of two measurements with independent relative noise r has std r * this
         out.append(LayerSample(p.kind, p.features, float(costs[i + 1] - costs[i]), chain_id,
-                               float(abs(costs[i + 1]) + abs(costs[i]))))
+                               float(math.hypot(costs[i + 1], costs[i]))))
     return out

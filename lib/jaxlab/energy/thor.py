@@ -10,7 +10,8 @@ Pipeline (arXiv 2501.16397, details per systems.md §1; [our choice] where marke
 3. Estimate a whole model as ``fixed + sum_l layer_l`` with an uncertainty band
    (:func:`estimate`).
 4. Active learning (:func:`active_learning`): from a pool of candidate chains, repeatedly profile
-   the chain whose layers have the largest summed GP predictive variance (log space).
+   the chain of largest predictive variance of its (log) cost; a batch of several chains is picked
+   greedily, each conditioned on the ones before (:func:`select_batch`).
 
 All costs are per training iteration, in the meter's quantity (joules, or seconds for the wall
 clock).
@@ -22,14 +23,14 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from jaxlab.energy.gp import LayerGP, fit_gp, predict_gp
+from jaxlab.energy.gp import LayerGP, add_pseudo_points, fit_gp, predict_gp
 from jaxlab.energy.profiler import (
     FEATURES, LSTM, Act, BatchNorm, Conv, Dense, LayerSample, Network, Pool, feature_vector, fixed_features, place,
 )
 from jaxlab.energy.profiler import layer_kind as P_kind
 
 __all__ = [
-    "ThorModel", "Estimate", "fit_thor", "estimate", "mape", "chain_variance", "active_learning",
+    "ThorModel", "Estimate", "fit_thor", "estimate", "mape", "chain_variance", "select_batch", "active_learning",
     "DesignSpace", "sample_chain", "sample_model", "MODEL_FAMILIES",
 ]
 
@@ -58,7 +59,12 @@ def _group(samples: Sequence[LayerSample]) -> dict:
 
 
 def fit_thor(samples: Sequence[LayerSample], *, steps: int = 300, lr: float = 0.05, floor_frac: float = 0.05) -> ThorModel:
-    """One GP per layer kind (and 'fixed') from subtraction samples. Kinds with < 2 samples are skipped."""
+    """One GP per layer kind (and 'fixed') from subtraction samples. Kinds with < 2 samples are skipped.
+
+    Layer kinds: linear mean over log FLOPs and log bytes with prior elasticity 1 (cost ∝ work);
+    'fixed' (the per-iteration overhead): linear mean over its features with prior slope 0
+    [our choice, see :mod:`jaxlab.energy.gp`].
+    """
     if not samples:
         raise ValueError("fit_thor: no samples; profile some chains first")
     gps, counts = {}, {}
@@ -70,7 +76,8 @@ def fit_thor(samples: Sequence[LayerSample], *, steps: int = 300, lr: float = 0.
         names = FEATURES[kind]
         mean_cols = [names.index(c) for c in ("flops", "bytes") if c in names] or None
         gps[kind] = fit_gp(kind, F, np.array([s.cost for s in ss]), context=np.array([s.context for s in ss]),
-                           mean_cols=mean_cols, steps=steps, lr=lr, floor_frac=floor_frac)
+                           mean_cols=mean_cols, slope_prior=1.0 if mean_cols else 0.0,
+                           steps=steps, lr=lr, floor_frac=floor_frac)
     return ThorModel(gps, counts)
 
 
@@ -78,8 +85,11 @@ def _terms(net: Network) -> list[tuple[str, dict]]:
     return [("fixed", fixed_features(net))] + [(p.kind, p.features) for p in place(net)]
 
 
-def _predict_terms(model: ThorModel, terms) -> tuple[np.ndarray, np.ndarray]:
-    mu, var = np.zeros(len(terms)), np.zeros(len(terms))
+def _predict_terms(model: ThorModel, terms, full_cov: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Log-space mean [n] and variance [n] (or covariance [n, n]: joint within a kind, 0 across
+    kinds, whose GPs are independent) of the cost terms ``[(kind, features)]``."""
+    mu = np.zeros(len(terms))
+    cov = np.zeros((len(terms), len(terms))) if full_cov else np.zeros(len(terms))
     by: dict = {}
     for i, (k, f) in enumerate(terms):
         by.setdefault(k, []).append((i, f))
@@ -87,26 +97,39 @@ def _predict_terms(model: ThorModel, terms) -> tuple[np.ndarray, np.ndarray]:
         if k not in model.gps:
             raise ValueError(f"no GP for layer kind {k!r} (fitted kinds: {sorted(model.gps)}); "
                              "profile chains that contain this kind")
-        m, v = predict_gp(model.gps[k], np.stack([feature_vector(k, f) for _, f in items]))
-        for (i, _), mi, vi in zip(items, m, v):
-            mu[i], var[i] = mi, vi
-    return mu, var
+        idx = np.array([i for i, _ in items])
+        m, v = predict_gp(model.gps[k], np.stack([feature_vector(k, f) for _, f in items]), full_cov=full_cov)
+        mu[idx] = m
+        if full_cov:
+            cov[np.ix_(idx, idx)] = v
+        else:
+            cov[idx] = v
+    return mu, cov
+
+
+def _sum_moments(mu: np.ndarray, cov: np.ndarray) -> tuple[float, float, float]:
+    """(sum of medians, mean, variance) of ``sum_i exp(g_i)`` for jointly Gaussian g ~ N(mu, cov)."""
+    v = np.diag(cov)
+    a = mu + 0.5 * v
+    var = float(np.sum(np.exp(a[:, None] + a[None, :]) * np.expm1(cov)))
+    return float(np.exp(mu).sum()), float(np.exp(a).sum()), max(var, 0.0)
 
 
 def estimate(model: ThorModel, net: Network) -> Estimate:
     """``fixed + sum of layers`` for ``net``.
 
     Each term is log-normal with the GP's log mean/variance; the point estimate sums the medians
-    ``exp(mu)`` [our choice: robust to the heavy right tail of exp], the std sums the log-normal
-    variances ``(exp(v) - 1) exp(2 mu + v)`` assuming independent layers.
+    ``exp(mu)`` [our choice: robust to the heavy right tail of exp]. The std is that of the sum of
+    the jointly log-normal terms, with the GP's joint covariance between the terms of one kind
+    (two Dense layers share the same uncertain mean slope, so their errors add up, not average
+    out) and independence across kinds.
     """
     terms = _terms(net)
-    mu, var = _predict_terms(model, terms)
-    med = np.exp(mu)
-    total = float(med.sum())
-    std = float(np.sqrt(np.sum((np.exp(var) - 1.0) * np.exp(2 * mu + var))))
+    mu, cov = _predict_terms(model, terms, full_cov=True)
+    total, _, var = _sum_moments(mu, cov)
+    std = float(np.sqrt(var))
     return Estimate(total, std, max(total - 2 * std, 0.0), total + 2 * std,
-                    [(k, float(c)) for (k, _), c in zip(terms, med)])
+                    [(k, float(c)) for (k, _), c in zip(terms, np.exp(mu))])
 
 
 def mape(predicted: Sequence[float], measured: Sequence[float]) -> float:
@@ -119,15 +142,83 @@ def mape(predicted: Sequence[float], measured: Sequence[float]) -> float:
     return float(100.0 * np.mean(np.abs(p - m) / m))
 
 
-def chain_variance(model: ThorModel, chain: Network) -> float:
-    """Acquisition score of a candidate chain: summed log-space predictive variance of its terms.
+def _chain_terms(chain: Network):
+    return _terms(Network(chain.input_shape, chain.layers, chain.batch, None))
 
-    A chain with a kind that has no GP yet scores +inf (it must be profiled first).
+
+def _pool_scores(model: ThorModel, chains: Sequence[Network]) -> np.ndarray:
+    """:func:`chain_variance` of many chains with one GP call per kind."""
+    terms, owner = [], []
+    for j, c in enumerate(chains):
+        t = _chain_terms(c)
+        terms += t
+        owner += [j] * len(t)
+    owner = np.array(owner)
+    scores = np.full(len(chains), np.inf)
+    missing = {k for k, _ in terms} - set(model.gps)
+    ok = [i for i, (k, _) in enumerate(terms) if k not in missing]
+    if not ok:
+        return scores
+    mu, cov = _predict_terms(model, [terms[i] for i in ok], full_cov=True)
+    own = owner[ok]
+    bad = {owner[i] for i, (k, _) in enumerate(terms) if k in missing}
+    for j in range(len(chains)):
+        if j in bad:
+            continue
+        sel = np.flatnonzero(own == j)
+        _, mean, var = _sum_moments(mu[sel], cov[np.ix_(sel, sel)])
+        scores[j] = np.log1p(var / mean ** 2)
+    return scores
+
+
+def chain_variance(model: ThorModel, chain: Network) -> float:
+    """Acquisition score of a candidate chain: the predictive variance of the chain's log total
+    cost, ``log(1 + Var[C] / E[C]^2)`` for ``C = fixed + sum of its layers`` (jointly log-normal).
+
+    [our choice] This is "the maximum posterior variance" over the chain's *cost*, so a layer
+    weighs by its share of the cost: a tiny activation whose subtracted cost is mostly noise does
+    not dominate the pick, as it did with a sum of per-layer log variances. A chain with a kind
+    that has no GP yet scores +inf (it must be profiled first).
     """
-    terms = _terms(Network(chain.input_shape, chain.layers, chain.batch, None))
-    if any(k not in model.gps for k, _ in terms):
-        return float("inf")
-    return float(_predict_terms(model, terms)[1].sum())
+    return float(_pool_scores(model, [chain])[0])
+
+
+def _believe_chain(model: ThorModel, chain: Network) -> ThorModel:
+    """``model`` as if ``chain`` had been profiled (kriging believer, see :func:`add_pseudo_points`):
+    its terms become pseudo-observations at their predicted medians, with the subtraction noise
+    their predicted prefix costs would give."""
+    terms = _chain_terms(chain)
+    mu, _ = _predict_terms(model, terms)
+    c = np.cumsum(np.exp(mu))  # predicted prefix costs c0, c1, ...
+    ctx = np.concatenate([[c[0]], np.sqrt(c[:-1] ** 2 + c[1:] ** 2)])
+    rsq = (ctx / np.exp(mu)) ** 2
+    gps = dict(model.gps)
+    by: dict = {}
+    for i, (k, f) in enumerate(terms):
+        by.setdefault(k, []).append(i)
+    for k, idx in by.items():
+        gps[k] = add_pseudo_points(gps[k], np.stack([feature_vector(k, terms[i][1]) for i in idx]), rsq[idx])
+    return ThorModel(gps, model.n_samples)
+
+
+def select_batch(model: ThorModel, pool: Sequence[Network], candidates: Sequence[int], k: int) -> list[int]:
+    """``k`` chains from ``candidates`` (indices into ``pool``) by greedy conditional variance.
+
+    Pick the chain of largest :func:`chain_variance`, pretend it was profiled (the GP variance
+    does not depend on the values it would give), re-score, repeat [our choice: a batch of the
+    ``k`` largest variances of one fitted model would pick near-duplicate chains]. With ``k = 1``
+    this is exactly "profile the candidate of maximum posterior variance".
+    """
+    rest = [int(i) for i in candidates]
+    pick: list = []
+    for _ in range(min(k, len(rest))):
+        scores = _pool_scores(model, [pool[i] for i in rest])
+        j = int(np.argmax(scores))  # first max: stable
+        i = rest.pop(j)
+        pick.append(i)
+        if len(pick) < k and np.isfinite(scores[j]):
+            model = _believe_chain(model, pool[i])
+    return pick
 
 
 def active_learning(pool: Sequence[Network], samples_of: Callable[[int], list], evaluate: Callable[[ThorModel], float],
@@ -137,8 +228,9 @@ def active_learning(pool: Sequence[Network], samples_of: Callable[[int], list], 
 
     pool: candidate chains; samples_of(i) -> LayerSamples of chain i (profiles it, or reads the
     profiling DB); evaluate(model) -> a score (e.g. MAPE on held-out models). Starts from
-    ``n_init`` random chains, then adds ``step`` chains per round up to ``n_max``: the chains of
-    largest :func:`chain_variance` (``strategy='variance'``) or random ones (``'random'``).
+    ``n_init`` chains drawn with ``seed`` (the same start for both strategies), then adds ``step``
+    chains per round up to ``n_max``: by greedy conditional variance (:func:`select_batch`,
+    ``strategy='variance'``) or in random order (``'random'``, the order also drawn with ``seed``).
     Returns ``[{n_chains, score, chosen}]`` per round.
     """
     if strategy not in ("variance", "random"):
@@ -157,14 +249,11 @@ def active_learning(pool: Sequence[Network], samples_of: Callable[[int], list], 
         if len(chosen) >= n_max:
             return curve
         k = min(step, n_max - len(chosen))
-        if k <= 0:
-            return curve
-        rest = [i for i in range(len(pool)) if i not in set(chosen)]
+        taken = set(chosen)
         if strategy == "random":
-            pick = [i for i in order if i not in set(chosen)][:k]
+            pick = [i for i in order if i not in taken][:k]
         else:
-            scores = np.array([chain_variance(model, pool[i]) for i in rest])
-            pick = [rest[j] for j in np.argsort(-scores, kind="stable")[:k]]
+            pick = select_batch(model, pool, [i for i in range(len(pool)) if i not in taken], k)
         chosen = chosen + pick
 
 
