@@ -248,3 +248,30 @@ def test_split_max_cosine():
     fo = np.array([[1.0, 0.0], [0.0, 1.0]])
     fr = np.array([[0.0, 2.0], [1.0, 1.0]])
     np.testing.assert_allclose(cgi.split_max_cosine(fo, fr), [np.sqrt(0.5), 1.0])
+
+
+# ---------------------------------------------------------------- timestep range
+def _t_revealing_eps(params, x, t, cond):
+    # With x0 = 0, x_t = sqrt(1 - abar_t) * noise, so this predicts the noise exactly plus s * t: the
+    # per-example loss is exactly (s * t)^2, which reveals the drawn t.
+    ab = SCHED.alphas_cumprod[t][:, None, None, None]
+    return x / jnp.sqrt(1.0 - ab) + params["s"] * t[:, None, None, None].astype(x.dtype)
+
+
+@pytest.mark.parametrize("t_min,t_max", [(1, None), (1, 30), (20, 25)])
+def test_objective_draws_t_in_the_stated_range(t_min, t_max):
+    x = jnp.zeros((400, 2, 2, 1))
+    params = {"ft": {"s": 1.0}, "pre": {"s": 0.0}}
+    for obj in (cgi.contrastive_objective(_t_revealing_eps, SCHED, "shared", t_min=t_min, t_max=t_max),
+                cgi.finetuned_objective(_t_revealing_eps, SCHED, t_min=t_min, t_max=t_max)):
+        t = np.rint(np.sqrt(np.asarray(obj(params, x, None, jax.random.PRNGKey(0)), np.float64))).astype(int)
+        hi = SCHED.num_timesteps if t_max is None else t_max
+        assert t.min() == t_min and t.max() == hi - 1  # both ends drawn, nothing outside
+
+
+def test_objective_bad_t_range():
+    for kw in ({"t_max": 0}, {"t_max": 101}, {"t_min": 50, "t_max": 50}):
+        with pytest.raises(ValueError, match="t range"):
+            cgi.contrastive_objective(_toy_eps, SCHED, "shared", **kw)
+        with pytest.raises(ValueError, match="t range"):
+            cgi.finetuned_objective(_toy_eps, SCHED, **kw)

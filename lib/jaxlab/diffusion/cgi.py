@@ -141,6 +141,20 @@ def contrastive_loss(eps_fn: Callable, params_ft: Any, params_pre: Any, schedule
     return l_ft - l_pre
 
 
+def _t_range(schedule, t_min, t_max):
+    """``(t_min, t_max)`` with ``t ~ U{t_min..t_max-1}``; ``t_max=None`` is ``T`` (Revelio's 1..999).
+
+    Why a smaller ``t_max`` can matter [our choice]: PGD steps along the *normalised* gradient, so a draw
+    at a ``t`` where ``x_t`` is almost pure noise (on 8x8 pixels with the linear schedule, ``abar_t``
+    < 0.08 beyond t=500) moves ``delta`` as far as an informative draw, in a direction that is noise.
+    """
+    T = schedule.num_timesteps
+    t_max = T if t_max is None else int(t_max)
+    if not 0 <= t_min < t_max <= T:
+        raise ValueError(f"t range [{t_min}, {t_max}) must satisfy 0 <= t_min < t_max <= T={T}")
+    return int(t_min), t_max
+
+
 def _tile(x, cond, k):
     """Repeats the batch ``k`` times (``k`` Monte-Carlo draws per example in one model call)."""
     xk = jnp.concatenate([x] * k, 0) if k > 1 else x
@@ -149,10 +163,12 @@ def _tile(x, cond, k):
 
 
 def contrastive_objective(eps_fn: Callable, schedule: ddpm.Schedule, noise: str = "shared",
-                          t_min: int = 1, mc_samples: int = 1) -> Objective:
+                          t_min: int = 1, mc_samples: int = 1, t_max: int | None = None) -> Objective:
     """The CGI-DM objective ``objective({"ft": p', "pre": p}, x, cond, key) -> [B]``.
 
-    ``t ~ U{t_min..T-1}`` per example per draw (Revelio: one draw per PGD step, ``t`` in 1..999);
+    ``t ~ U{t_min..t_max-1}`` per example per draw (Revelio: one draw per PGD step, ``t`` in 1..999;
+    ``t_max=None`` means ``T``, the authors' range; a smaller ``t_max`` is [our choice], see
+    :func:`_t_range`);
     ``mc_samples`` > 1 averages that many (t, noise) draws per call [our choice, variance reduction].
     ``noise='shared'`` uses one ``eps`` for both models [our choice, a variance reduction: the
     difference of two correlated losses]; ``noise='independent'`` draws two, as the authors' code does.
@@ -161,7 +177,7 @@ def contrastive_objective(eps_fn: Callable, schedule: ddpm.Schedule, noise: str 
         raise ValueError(f"noise={noise!r}: use 'shared' (variance-reduced) or 'independent' (authors' code)")
     if mc_samples < 1:
         raise ValueError(f"mc_samples={mc_samples} must be >= 1")
-    T = schedule.num_timesteps
+    t_min, T = _t_range(schedule, t_min, t_max)
 
     def objective(params, x, cond, key):
         kt, k1, k2 = jax.random.split(key, 3)
@@ -175,11 +191,13 @@ def contrastive_objective(eps_fn: Callable, schedule: ddpm.Schedule, noise: str 
     return objective
 
 
-def finetuned_objective(eps_fn: Callable, schedule: ddpm.Schedule, t_min: int = 1, mc_samples: int = 1) -> Objective:
-    """Ablation: inversion with the fine-tuned model alone, ``MSE(eps_ft(q(x,t,n)), n)`` (uses ``params["ft"]``)."""
+def finetuned_objective(eps_fn: Callable, schedule: ddpm.Schedule, t_min: int = 1, mc_samples: int = 1,
+                        t_max: int | None = None) -> Objective:
+    """Ablation: inversion with the fine-tuned model alone, ``MSE(eps_ft(q(x,t,n)), n)`` (uses ``params["ft"]``);
+    same ``t`` range and draws as :func:`contrastive_objective`."""
     if mc_samples < 1:
         raise ValueError(f"mc_samples={mc_samples} must be >= 1")
-    T = schedule.num_timesteps
+    t_min, T = _t_range(schedule, t_min, t_max)
 
     def objective(params, x, cond, key):
         kt, k1 = jax.random.split(key)
