@@ -113,7 +113,9 @@ def _gmm_host(binary, seed, n_init: int = 10, single_cluster_bic: bool = True):
         return np.ones(k, bool)
     try:  # one BLAS thread: tiny problems, and BLAS pools oversubscribe a shared CPU (100x slower)
         with threadpool_limits(1):
-            z = PCA(n_components=min(2, k - 1)).fit_transform(x)
+            # exact SVD: sklearn's 'auto' picks a randomized solver with an unseeded state for d > 500,
+            # which made the flags differ from run to run
+            z = PCA(n_components=min(2, k - 1), svd_solver="full").fit_transform(x)
             if not np.isfinite(z).all() or np.ptp(z, axis=0).max() < 1e-12:
                 return np.ones(k, bool)
             gmm = GaussianMixture(n_components=2, random_state=int(seed), n_init=int(n_init)).fit(z)
