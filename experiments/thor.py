@@ -92,19 +92,38 @@ def _heldout(rng, n, space):
     return [T.sample_model(rng, f, space) for f in fams], fams
 
 
-def _al_curves(cfg_al, chains, samples_by_chain, evaluate, seed, n_random_seeds, gp_steps):
+def _al_curves(cfg_al, chains, samples_by_chain, evaluate, seed, n_seeds, gp_steps):
+    """Active learning vs random sampling, paired per seed: for each seed both strategies start
+    from the same initial chains, draw from the same pool and are scored on the same held-out
+    models. ``al_fraction_of_random_configs``: chains AL needed to reach random sampling's final
+    MAPE (at ``random_chains``), over ``random_chains``; per seed and on the seed-mean curves."""
     kw = dict(n_init=cfg_al.al_init, n_max=min(cfg_al.al_max, len(chains)), step=cfg_al.al_step, fit_kw={"steps": gp_steps})
-    var = T.active_learning(chains, lambda i: samples_by_chain[i], evaluate, strategy="variance", seed=seed, **kw)
-    rand = [T.active_learning(chains, lambda i: samples_by_chain[i], evaluate, strategy="random", seed=seed + s, **kw)
-            for s in range(n_random_seeds)]
-    ns = [p["n_chains"] for p in var]
-    rand_mean = [float(np.mean([r[j]["score"] for r in rand])) for j in range(len(ns))]
-    target = rand_mean[-1]
-    reach = next((p["n_chains"] for p in var if p["score"] <= target), None)
-    return {"n_chains": ns, "variance": [p["score"] for p in var], "random_mean": rand_mean,
-            "random_runs": [[p["score"] for p in r] for r in rand], "random_final_mape": target,
-            "al_chains_to_reach_random_final": reach, "random_chains": ns[-1],
-            "al_fraction_of_random_configs": (reach / ns[-1]) if reach is not None else None}
+    var, rand = [], []
+    for s in range(n_seeds):
+        var.append(T.active_learning(chains, lambda i: samples_by_chain[i], evaluate, strategy="variance", seed=seed + s, **kw))
+        rand.append(T.active_learning(chains, lambda i: samples_by_chain[i], evaluate, strategy="random", seed=seed + s, **kw))
+    ns = [p["n_chains"] for p in var[0]]
+
+    def reach(curve, target):
+        return next((n for n, v in zip(ns, curve) if v <= target), None)
+
+    per_seed = []
+    for v, r in zip(var, rand):
+        rv, vv = [p["score"] for p in r], [p["score"] for p in v]
+        hit = reach(vv, rv[-1])
+        per_seed.append({"random_final_mape": rv[-1], "al_chains_to_reach": hit,
+                         "fraction": (hit / ns[-1]) if hit is not None else None})
+    var_mean = [float(np.mean([c[j]["score"] for c in var])) for j in range(len(ns))]
+    rand_mean = [float(np.mean([c[j]["score"] for c in rand])) for j in range(len(ns))]
+    hit = reach(var_mean, rand_mean[-1])
+    fr = [p["fraction"] for p in per_seed]
+    return {"acquisition": "greedy conditional variance of the chain's log cost (kriging believer batches) [our choice]",
+            "n_chains": ns, "variance": var_mean, "random_mean": rand_mean, "seeds": n_seeds,
+            "variance_runs": [[p["score"] for p in c] for c in var], "random_runs": [[p["score"] for p in c] for c in rand],
+            "random_final_mape": rand_mean[-1], "al_chains_to_reach_random_final": hit, "random_chains": ns[-1],
+            "al_fraction_of_random_configs": (hit / ns[-1]) if hit is not None else None,
+            "per_seed": per_seed,
+            "fraction_per_seed_median": float(np.median([f if f is not None else np.inf for f in fr]))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,7 +345,7 @@ def _plots(wd: Workdir, summary: dict) -> None:
     if als:
         fig, axes = plt.subplots(1, len(als), figsize=(6 * len(als), 4), squeeze=False)
         for ax, (st, al) in zip(axes[0], als):
-            ax.plot(al["n_chains"], al["variance"], "o-", label="active (max variance)")
+            ax.plot(al["n_chains"], al["variance"], "o-", label=f"active (max variance, mean of {al.get('seeds', 1)} seeds)")
             ax.plot(al["n_chains"], al["random_mean"], "s--", label=f"random (mean of {len(al['random_runs'])} seeds)")
             ax.set_xlabel("profiled chains (3-layer configs)"); ax.set_ylabel("held-out MAPE [%]")
             ax.set_title(f"{st}: active learning"); ax.legend()

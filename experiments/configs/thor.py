@@ -29,7 +29,7 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     c.sim.al_init = 6
     c.sim.al_step = 6
     c.sim.al_max = 60
-    c.sim.al_random_seeds = 3
+    c.sim.al_random_seeds = 3  # paired seeds: each runs AL and random sampling from the same initial chains
 
     # Wall clock on this CPU (seconds per iteration)
     c.wall = ml_collections.ConfigDict()

@@ -214,3 +214,20 @@ def test_neuralpower_fits_polynomial_layer_costs(sim_setup):
     assert set(np_model.degrees.values()) <= {1, 2, 3}
     pred = [B.predict_neuralpower(np_model, n) for n in held]
     assert T.mape(pred, _truth(dev, held)) < 30.0
+
+
+def test_batch_selection_conditions_on_earlier_picks(sim_setup, additive_fit):
+    chains, _ = sim_setup
+    _, model = additive_fit
+    far = P.Network((28, 28, 16), (P.Conv(64, 5), P.Act(), P.Dense(512)), 64)
+    pool = list(chains[:10]) + [far, far]
+    scores = [T.chain_variance(model, c) for c in pool]
+    assert T.select_batch(model, pool, range(len(pool)), 1) == [int(np.argmax(scores))] == [10]
+    # having (pretend-)profiled ``far``, its copy is far less uncertain; the second pick of a batch
+    # is the maximum of the *conditioned* variances, not the second of the unconditioned ones
+    believed = T._believe_chain(model, far)
+    rest = [i for i in range(len(pool)) if i != 10]
+    cond = [T.chain_variance(believed, pool[i]) for i in rest]
+    assert cond[-1] < 0.5 * scores[10]
+    assert T.select_batch(model, pool, range(len(pool)), 2) == [10, rest[int(np.argmax(cond))]]
+    assert np.all(np.array(cond) <= np.array([scores[i] for i in rest]) + 1e-9)  # conditioning never adds variance
