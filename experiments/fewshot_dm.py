@@ -29,7 +29,7 @@ from jaxlab.diffusion.unet import UNet2DModel, count_params
 from jaxlab.utils.checkpoint import Checkpointer
 from jaxlab.utils.workdir import Workdir, markdown_table
 
-PRETRAIN_KEYS = ("seed", "resolution", "held_out_class", "channels", "schedule", "num_timesteps",
+PRETRAIN_KEYS = ("seed", "resolution", "held_out_class", "channels", "attention", "schedule", "num_timesteps",
                  "pretrain_steps", "pretrain_lr", "pretrain_batch")
 
 
@@ -70,7 +70,8 @@ def _pretrained(wd, config, data):
             model, params, schedule = fewshot.load_pretrained(export)
             return model, params, schedule, True
         raise ValueError(f"{export} was pretrained with {cached}, not {sig}: use a fresh --workdir")
-    model = UNet2DModel(fewshot.small_unet_config(config.resolution, 10, tuple(config.channels)))
+    model = UNet2DModel(fewshot.small_unet_config(config.resolution, 10, tuple(config.channels),
+                                                  attention=tuple(config.attention)))
     schedule = ddpm.make_schedule(config.schedule, config.num_timesteps)
     x, y = data["pre_train"]
     key = jax.random.PRNGKey(config.seed)
@@ -108,7 +109,19 @@ def _posterior(config, params):
     raise ValueError(f"bnn.variant={b.variant!r}: use 'mean_field' or 'lora'")
 
 
-def _finetune_run(wd, config, name, k, method, model, schedule, pretrained, data, clf, real_hf):
+def residual_noise_fn(model, pretrained, schedule, clf, t):
+    """Per-sample residual noise std seen by the *pretrained* UNet at timestep ``t``, each sample
+    conditioned on the label the classifier gives it (our pretrained model has no trained label 9)."""
+    eps_fn = fewshot.eps_fn_for(model)
+
+    def f(x):
+        x = jnp.asarray(x, jnp.float32)
+        return metrics.denoiser_noise_level(eps_fn, pretrained, schedule, x, metrics.classifier_predict(clf, x), t)
+    return f
+
+
+def _finetune_run(wd, config, name, k, method, model, schedule, pretrained, data, clf, real_hf, real_res):
+    _residual = residual_noise_fn(model, pretrained, schedule, clf, config.residual_t)
     run_wd = Workdir(os.path.join(wd.path, "runs", name))
     new = data["new"]
     images = new[:k]
@@ -148,6 +161,7 @@ def _finetune_run(wd, config, name, k, method, model, schedule, pretrained, data
         xs = np.asarray(fewshot.sample(model, params, schedule, eval_labels, eval_key,
                                        num_steps=config.sampler_steps, eta=config.sampler_eta))
         row = metrics.sample_metrics(xs, images, clf, real_hf, config.mem_threshold)
+        row["residual_noise"] = float(_residual(xs).mean() / real_res)
         row.update(m)
         if post is not None:
             sig = jax.tree_util.tree_leaves(post.sigmas(state))
@@ -166,8 +180,15 @@ def _finetune_run(wd, config, name, k, method, model, schedule, pretrained, data
     return run_wd.read_metrics(), saved
 
 
-def _run_summary(rows, base_noise):
+def _run_summary(rows, base_noise, base_res):
     steps = np.array([r["step"] for r in rows])
+    res = np.array([r["residual_noise"] for r in rows])
+    irp = int(np.argmax(res))
+    res_above = steps[res > 1.5 * base_res]
+    extra = {"residual_start": float(res[0]), "residual_peak": float(res[irp]), "residual_peak_step": int(steps[irp]),
+             "residual_final": float(res[-1]), "residual_peak_excess": float(res[irp] - base_res),
+             "residual_mean_after_0": float(res[1:].mean()) if len(res) > 1 else float(res[0]),
+             "steps_residual_above_1.5x_pretrained": [int(res_above.min()), int(res_above.max())] if len(res_above) else None}
     noise = np.array([r["noise"] for r in rows])
     fid = np.array([r["fidelity"] for r in rows])
     mem = np.array([r["memorisation"] for r in rows])
@@ -182,15 +203,16 @@ def _run_summary(rows, base_noise):
             "fidelity_start": float(fid[0]), "fidelity_min": float(fid.min()), "fidelity_min_step": int(steps[np.argmin(fid)]),
             "fidelity_final": float(fid[-1]), "memorisation_final": float(mem[-1]),
             "first_step_memorisation_ge_0.5": int(steps[mem >= 0.5].min()) if (mem >= 0.5).any() else None,
-            "diversity_final": float(rows[-1]["diversity"]), "diversity_mean": float(np.mean([r["diversity"] for r in rows]))}
+            "diversity_final": float(rows[-1]["diversity"]), "diversity_mean": float(np.mean([r["diversity"] for r in rows])),
+            **extra}
 
 
-def _plot_curves(path, runs, base_noise, real_div):
+def _plot_curves(path, runs, base_noise, real_div, base_res):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = ("fidelity", "noise", "noise_vs_nn", "memorisation", "diversity")
+    keys = ("fidelity", "residual_noise", "noise", "memorisation", "diversity")
     shots = sorted({v["shots"] for v in runs.values()})
     fig, axes = plt.subplots(len(shots), len(keys), figsize=(20, 3.2 * len(shots)), squeeze=False)
     for i, k in enumerate(shots):
@@ -204,10 +226,11 @@ def _plot_curves(path, runs, base_noise, real_div):
         for j, key in enumerate(keys):
             axes[i, j].set_title(f"K={k}: {key}")
             axes[i, j].set_xlabel("fine-tuning step")
-        axes[i, 1].axhline(base_noise, ls="--", c="gray", label="pretrained (0-8)")
-        axes[i, 1].axhline(1.0, ls=":", c="k", label="real digits")
+        axes[i, 1].axhline(base_res, ls="--", c="gray", label="pretrained (0-8)")
+        axes[i, 1].axhline(1.0, ls=":", c="k", label="real 9s")
+        axes[i, 2].axhline(base_noise, ls="--", c="gray", label="pretrained (0-8)")
+        axes[i, 2].axhline(1.0, ls=":", c="k", label="real 9s")
         axes[i, 4].axhline(real_div, ls=":", c="k", label="real 9s")
-        axes[i, 2].axhline(1.0, ls=":", c="k", label="copy of nearest")
         axes[i, 1].legend(fontsize=7)
         axes[i, 0].legend(fontsize=7)
     fig.tight_layout()
@@ -224,7 +247,7 @@ def _plot_samples(path, k, runs, n_show=16):
     cols = []
     for name, v in sel:
         steps = sorted(v["samples"])
-        pk = v["summary"]["noise_peak_step"]
+        pk = v["summary"]["residual_peak_step"]
         for s in dict.fromkeys([steps[0], pk, steps[len(steps) // 2], steps[-1]]):
             cols.append((f"{v['method']} step {s}" + (" (peak noise)" if s == pk else ""), v["samples"][s][:n_show]))
     fig, axes = plt.subplots(1, len(cols), figsize=(2.6 * len(cols), 2.9), squeeze=False)
@@ -260,10 +283,14 @@ def run(config, workdir) -> dict:
     real_hf = float(metrics.high_frequency_ratio(data["new"]).mean())  # real 9s
     real_hf_all = float(metrics.high_frequency_ratio(data["pre_train"][0]).mean())
     base_noise = float(metrics.high_frequency_ratio(xs).mean() / real_hf)
+    residual = residual_noise_fn(model, params, schedule, clf, config.residual_t)
+    real_res = float(residual(data["new"]).mean())            # real 9s
+    base_res = float(residual(xs).mean() / real_res)          # pretrained samples (0-8)
     new = data["new"]
     d = metrics.pairwise_rms(new, new)
     real_div = float(d.sum() / (len(new) * (len(new) - 1)))
-    wd.log(config.pretrain_steps, phase="pretrained_eval", conditional_accuracy=cond_acc, noise=base_noise)
+    wd.log(config.pretrain_steps, phase="pretrained_eval", conditional_accuracy=cond_acc, noise=base_noise,
+           residual_noise=base_res)
 
     runs = {}
     for k in config.shots:
@@ -271,11 +298,12 @@ def run(config, workdir) -> dict:
             raise ValueError(f"shots={k} exceeds the {len(new)} images of class {config.held_out_class}")
         for method in config.methods:
             name = f"K{k}_{method}"
-            rows, samples = _finetune_run(wd, config, name, k, method, model, schedule, params, data, clf, real_hf)
+            rows, samples = _finetune_run(wd, config, name, k, method, model, schedule, params, data, clf, real_hf,
+                                          real_res)
             runs[name] = {"shots": k, "method": method, "rows": rows, "samples": samples,
-                          "summary": _run_summary(rows, base_noise)}
+                          "summary": _run_summary(rows, base_noise, base_res)}
 
-    _plot_curves(wd.file("curves.png"), runs, base_noise, real_div)
+    _plot_curves(wd.file("curves.png"), runs, base_noise, real_div, base_res)
     for k in config.shots:
         _plot_samples(wd.file(f"samples_K{k}.png"), k, runs)
 
@@ -288,6 +316,10 @@ def run(config, workdir) -> dict:
                 "K": k, "plain_noise_peak": ps["noise_peak"], "bnn_noise_peak": bs["noise_peak"],
                 "peak_excess_ratio_bnn_over_plain": bs["noise_peak_excess"] / ps["noise_peak_excess"]
                 if ps["noise_peak_excess"] > 0 else None,
+                "plain_residual_peak": ps["residual_peak"], "bnn_residual_peak": bs["residual_peak"],
+                "residual_peak_excess_ratio_bnn_over_plain": bs["residual_peak_excess"] / ps["residual_peak_excess"]
+                if ps["residual_peak_excess"] > 0 else None,
+                "plain_residual_mean": ps["residual_mean_after_0"], "bnn_residual_mean": bs["residual_mean_after_0"],
                 "plain_fidelity_final": ps["fidelity_final"], "bnn_fidelity_final": bs["fidelity_final"],
                 "plain_diversity_mean": ps["diversity_mean"], "bnn_diversity_mean": bs["diversity_mean"],
                 "plain_mem_final": ps["memorisation_final"], "bnn_mem_final": bs["memorisation_final"]})
@@ -299,6 +331,10 @@ def run(config, workdir) -> dict:
         "real_diversity_9s": real_div, "pretrained_cached": cached,
         "sampler": f"DDIM {config.sampler_steps} steps eta={config.sampler_eta}",
         "noise_definition": "mean |Laplacian|^2/energy of samples divided by that of real 9s (1.0 = real-like)",
+        "pretrained_residual_noise": base_res, "real_residual_std_9s": real_res,
+        "residual_noise_definition": (f"residual noise std the pretrained UNet finds in a sample at t={config.residual_t} "
+                                      "(sigma_t*rms eps_pre(sqrt(abar_t) x, t, classifier label)), divided by that of "
+                                      "real 9s (1.0 = real-like)"),
         "runs": {n: v["summary"] for n, v in runs.items()}, "comparison": comparison,
         "wall_seconds": time.time() - t_start,
     }
