@@ -16,7 +16,10 @@ amount of model data:
   Not exact (the parity-only 9x9 system has condition number ~5e11; the max relative decode error
   is printed).
 
-All codecs run with BLAS pinned to one thread (the 2 cores are shared; multithreaded OpenBLAS
+Encode and recode of ours and of the Cauchy code write into a preallocated output buffer (fresh
+64 MB outputs cost page faults that depend on the allocator's state, not on the codec; decode
+allocates in both; galois, whose FieldArray API has no ``out``, allocates, which is negligible
+next to its compute). All codecs run with BLAS pinned to one thread (the 2 cores are shared; multithreaded OpenBLAS
 hand-offs made every codec several times slower under load), and the load average is printed.
 * galois GF(2^8) (``galois.GF(2**8)`` FieldArray matmul / inverse): bytes as symbols. It is much
   slower, so it is timed on ``--galois_kb`` KB blocks (after a warm-up call that JIT-compiles it)
@@ -64,8 +67,9 @@ def ours_ops(block_bytes: int, rng, backend: str = "auto") -> dict:
         return field.matmul_mod(field.inv_mod_matrix(C), coded, backend=backend)
 
     assert np.array_equal(decode(), src), "exact decode failed"  # checked once, outside the timing
-    return {"encode": lambda: field.matmul_mod(C, src, backend=backend),
-            "recode": lambda: field.matmul_mod(beta, coded, backend=backend), "decode": decode}
+    out = np.empty_like(src)  # preallocated, like Cauchy's: times the codec, not the allocator
+    return {"encode": lambda: field.matmul_mod(C, src, out=out, backend=backend),
+            "recode": lambda: field.matmul_mod(beta, coded, out=out, backend=backend), "decode": decode}
 
 
 def cauchy_ops(block_bytes: int, rng) -> tuple[dict, float]:
@@ -77,7 +81,8 @@ def cauchy_ops(block_bytes: int, rng) -> tuple[dict, float]:
     par = C @ X
     beta = rng.integers(0, 128, (K, K)).astype(np.float64)
     err = float(np.max(np.abs(np.linalg.solve(C, par) - X)) / np.max(np.abs(X)))
-    return {"encode": lambda: C @ X, "recode": lambda: beta @ par,
+    out = np.empty_like(X)
+    return {"encode": lambda: np.matmul(C, X, out=out), "recode": lambda: np.matmul(beta, par, out=out),
             "decode": lambda: np.linalg.solve(C, par)}, err
 
 
