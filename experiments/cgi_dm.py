@@ -37,7 +37,7 @@ PRETRAIN_KEYS = ("seed", "resolution", "held_out_class", "channels", "schedule",
                  "pretrain_steps", "pretrain_lr", "pretrain_batch")
 RESULT_KEYS = ("seed", "n_members", "n_holdouts", "n_target_models", "n_shadow_models", "finetune_steps",
                "finetune_lr", "finetune_batch", "mask", "mask_cell", "keep_fraction", "fill", "pgd_steps", "pgd_rms",
-               "pgd_steps_per_radius", "mc_samples", "baseline_noise_draws")
+               "pgd_steps_per_radius", "mc_samples", "t_max", "baseline_noise_draws")
 RECOVERY_METHODS = ("cgi_shared", "cgi_independent", "finetuned_only", "random")
 SCORE_METHODS = ("loss_mia", "contrastive_no_inversion")
 SCORES = ("neg_l2", "ssim", "cosine", "split_max_cosine")
@@ -294,10 +294,11 @@ def run(config, workdir) -> dict:
     pgd_cfg = cgi.pgd_config(mask, 1, steps=config.pgd_steps, rms=config.pgd_rms,
                              steps_per_radius=config.pgd_steps_per_radius)
     eps_fn = fewshot.eps_fn_for(model)
-    mc = config.mc_samples
-    objectives = {"cgi_shared": cgi.contrastive_objective(eps_fn, schedule, "shared", mc_samples=mc),
-                  "cgi_independent": cgi.contrastive_objective(eps_fn, schedule, "independent", mc_samples=mc),
-                  "finetuned_only": cgi.finetuned_objective(eps_fn, schedule, mc_samples=mc)}
+    mc, t_max = config.mc_samples, (config.t_max or None)
+    objectives = {"cgi_shared": cgi.contrastive_objective(eps_fn, schedule, "shared", mc_samples=mc, t_max=t_max),
+                  "cgi_independent": cgi.contrastive_objective(eps_fn, schedule, "independent", mc_samples=mc,
+                                                               t_max=t_max),
+                  "finetuned_only": cgi.finetuned_objective(eps_fn, schedule, mc_samples=mc, t_max=t_max)}
     if config.noise != "shared":
         raise ValueError(f"noise={config.noise!r}: the headline uses 'shared'; 'independent' is always run beside it")
     wd.write_config(config, pretrained_cached=cached, unet_params=count_params(pretrained),
@@ -341,6 +342,14 @@ def run(config, workdir) -> dict:
         "mask": f"{config.mask} cell {config.mask_cell}, kept fraction {float(mask.mean()):.3f}",
         "pgd": {**pgd_cfg._asdict(), "note": "radius = 0.77*sqrt(n_removed) (Revelio's 70 over 8192 removed "
                                              "latent entries); steps scaled down for CPU [our choice]"},
+        "t_range": [1, int(config.t_max or schedule.num_timesteps)],
+        "departures_from_revelio": [
+            "[our choice] pixel space 8x8 (no VAE); fill='%s' start instead of decode/re-encode" % config.fill,
+            "[our choice] t ~ U{1..%d} per PGD step (Revelio: 1..999)" % (int(config.t_max or schedule.num_timesteps) - 1),
+            "[our choice] fine-tuning lr %g for %d steps at batch %d" % (config.finetune_lr, config.finetune_steps,
+                                                                        config.finetune_batch),
+            "[our choice] %d PGD steps (Revelio: 1000); shared noise headline, independent noise beside it"
+            % config.pgd_steps],
         "headline_score": config.score,
         "headline": headline,
         "cgi_auc": headline["cgi_shared"]["auc"], "cgi_independent_auc": headline["cgi_independent"]["auc"],
