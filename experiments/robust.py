@@ -73,8 +73,12 @@ def malicious_mask(n: int, fraction: float) -> np.ndarray:
 
 
 def build_defense(s: Setup, name: str, f_true: int):
-    """The rule with ``f = min(true attackers, the rule's largest admissible f)``."""
-    n = s.config.num_clients
+    """The rule with ``f = min(attackers it expects, the rule's largest admissible f)``.
+
+    ``n`` is the number of updates the rule sees per round: ``floor(num_clients * join_ratio)``
+    (the engine's sample size), so cross-device runs configure Krum/Bulyan/... for the clients of
+    a round, not for the whole population."""
+    n = max(1, int(np.floor(s.config.num_clients * float(s.config.get("join_ratio", 1.0)))))
     if name == "skymask":
         return skymask_aggregator(root_loss_fn(s.model, s.flat.unflatten, s.root["train_x"], s.root["train_y"]),
                                   lr=float(s.config.get("skymask_lr", 1e7))), None
@@ -91,8 +95,10 @@ def run_cell(s: Setup, attack: str, defense: str, fraction: float, pill: bool = 
     n = c.num_clients
     mal = malicious_mask(n, fraction if attack != "none" else 0.0)
     f_true = int(mal.sum())
-    # with no attack a rule still assumes the attack fraction's f (it cannot know there is none)
-    agg, f_used = build_defense(s, defense, int(round(fraction * n)))
+    # with no attack a rule still assumes the attack fraction's f (it cannot know there is none);
+    # it expects the fraction of the clients sampled in a round (cross-device: join_ratio < 1)
+    n_round = max(1, int(np.floor(n * float(c.get("join_ratio", 1.0)))))
+    agg, f_used = build_defense(s, defense, int(round(fraction * n_round)))
     att = make_attack(attack, knowledge=c.knowledge, num_classes=s.num_classes)
     if pill:
         att = pill_attack(att, search=c.pill_search, pill_norm=c.pill_norm)

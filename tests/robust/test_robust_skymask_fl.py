@@ -99,3 +99,19 @@ def test_skymask_detects_20pct_attackers_on_digits(digits_setup, attack):
     row = run_cell(digits_setup, attack, "skymask", 0.2)
     assert row["f"] == 4
     assert row["fpr"] <= 0.10 and row["fnr"] <= 0.10, row
+
+
+def test_cross_device_defenses_expect_the_attackers_of_a_round():
+    """join_ratio 0.5 on 20 clients: Krum sees 10 updates a round, so it is configured with
+    f = 20% of 10 = 2 (f = 4 of the whole population violates n > 2f + 2 and used to raise)."""
+    from experiments.configs.robust import get_config
+    from experiments.robust import build_defense, run_cell, setup
+
+    c = get_config("quick")
+    c.rounds = 2
+    c.join_ratio = 0.5
+    s = setup(c)
+    agg, f = build_defense(s, "krum", 2)
+    assert f == 2 and agg.f == 2
+    row = run_cell(s, "lie", "krum", 0.2)
+    assert np.isfinite(row["acc"]) and 0.0 <= row["acc"] <= 1.0, row
