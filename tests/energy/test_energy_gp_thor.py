@@ -158,7 +158,9 @@ def test_estimate_band_and_unknown_kind(sim_setup, additive_fit):
     ests = [T.estimate(model, n) for n in held]
     truth = _truth(dev, held)
     inside = np.mean([e.lower <= t <= e.upper for e, t in zip(ests, truth)])
-    assert inside >= 0.3, inside  # +-2 std bands are too narrow (calibration reported by the experiment)
+    # +-2 std nominally covers 95%; measured 0.85 here (the lognormal sum with the GP's joint
+    # covariance); below 0.7 would mean the variance again misses a term (it was 0.3-0.6 before)
+    assert inside >= 0.7, inside
     # far outside the profiled design space the band widens
     big = P.Network((28, 28, 3), (P.Conv(256, 7), P.Act(), P.Dense(10)), 256, 10)
     e_big = T.estimate(model, big)
