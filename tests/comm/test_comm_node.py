@@ -59,11 +59,16 @@ def test_killed_client_does_not_hang_the_round(mode):
     n = 4
     task = dict(TASK, n_clients=n)
     t0 = time.monotonic()
-    rows = run_inprocess(_cfg(mode, rounds=3, n=n, task=task), hooks=[kill_hook(node=2, round=1, after_s=0.0)])
-    assert time.monotonic() - t0 < 40  # bounded by the timeouts, never a hang
-    assert len(rows) == 3 and rows[0]["E_final"] == list(range(n))
+    rows = run_inprocess(_cfg(mode, rounds=4, n=n, task=task), hooks=[kill_hook(node=2, round=1, after_s=0.0)])
+    assert time.monotonic() - t0 < 50  # bounded by the timeouts, never a hang
+    assert len(rows) == 4 and rows[0]["E_final"] == list(range(n))
     assert all(r["ok"] for r in rows)
-    assert 2 not in rows[-1]["E_final"] and 2 not in rows[-1]["E_start"]
+    # the loss is noticed in the kill round or, on a loaded host, the next one; from then on the
+    # client stays out (never re-enters a round's starting set)
+    gone = [i for i, r in enumerate(rows) if 2 not in r["E_final"]]
+    assert gone and gone[0] in (1, 2), [r["E_final"] for r in rows]
+    assert all(2 not in r["E_start"] and 2 not in r["E_final"] for r in rows[gone[0] + 1:])
+    assert 2 not in rows[-1]["E_start"]
     assert rows[-1]["replicas_in_sync"]
 
 

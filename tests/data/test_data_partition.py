@@ -15,14 +15,15 @@ def _labels(n, c, seed):
        scheme=st.sampled_from(["iid", "pat", "dir", "exdir"]), seed=st.integers(0, 10_000))
 def test_every_sample_lands_in_exactly_one_client(n, c, clients, scheme, seed):
     y = _labels(n, c, seed)
-    parts = partition(y, clients, scheme, alpha=0.5, class_per_client=min(2, c), seed=seed, num_classes=c)
+    k = min(c, max(2, -(-c // clients)))  # exdir needs clients * k >= c (else a clear ValueError)
+    parts = partition(y, clients, scheme, alpha=0.5, class_per_client=k, seed=seed, num_classes=c)
     allidx = np.concatenate(parts)
     assert len(parts) == clients
     if scheme in ("iid", "dir"):
         assert sorted(allidx.tolist()) == list(range(n))  # a partition of all samples
     else:
         assert len(np.unique(allidx)) == len(allidx)  # never duplicated
-    again = partition(y, clients, scheme, alpha=0.5, class_per_client=min(2, c), seed=seed, num_classes=c)
+    again = partition(y, clients, scheme, alpha=0.5, class_per_client=k, seed=seed, num_classes=c)
     assert all(np.array_equal(a, b) for a, b in zip(parts, again))
 
 
@@ -75,6 +76,7 @@ def test_histogram_counts_all_samples():
     (dict(scheme="dir", alpha=-1.0), "alpha"),
     (dict(scheme="pat", class_per_client=11), "class_per_client"),
     (dict(scheme="iid", num_clients=5000), "more than"),
+    (dict(scheme="exdir", num_clients=4, class_per_client=2), "cannot cover all 10 classes"),
 ])
 def test_bad_partition_input(kwargs, match):
     y = np.asarray(load_digits(8)[1])

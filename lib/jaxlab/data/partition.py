@@ -42,6 +42,10 @@ def _check(labels, num_clients, scheme, alpha, class_per_client, num_classes):
         raise ValueError(f"alpha={alpha!r}: the Dirichlet concentration must be > 0 (PFLlib uses 0.1)")
     if scheme in ("pat", "exdir") and not (1 <= class_per_client <= num_classes):
         raise ValueError(f"class_per_client={class_per_client!r}: must be in [1, {num_classes}]")
+    if scheme == "exdir" and class_per_client * num_clients < num_classes:
+        raise ValueError(f"exdir: {num_clients} clients x class_per_client={class_per_client} cannot cover all "
+                         f"{num_classes} classes (every class needs a client); raise class_per_client to >= "
+                         f"{-(-num_classes // num_clients)} or use more clients")
 
 
 def partition(labels: np.ndarray, num_clients: int, scheme: str = "dir", *, alpha: float = 0.1,
