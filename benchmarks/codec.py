@@ -16,10 +16,10 @@ amount of model data:
   Not exact (the parity-only 9x9 system has condition number ~5e11; the max relative decode error
   is printed).
 
-Encode and recode of ours and of the Cauchy code write into a preallocated output buffer (fresh
-64 MB outputs cost page faults that depend on the allocator's state, not on the codec; decode
-allocates in both; galois, whose FieldArray API has no ``out``, allocates, which is negligible
-next to its compute). All codecs run with BLAS pinned to one thread (the 2 cores are shared; multithreaded OpenBLAS
+Ours (encode, recode, decode) and the Cauchy encode/recode write into a preallocated output buffer:
+on this VM a fresh 9 MB output costs ~5 ms of page faults (measured), 6x our 9x9 decode itself,
+and that cost depends on the allocator's state, not on the codec. ``np.linalg.solve`` (Cauchy
+decode) and galois (no ``out`` in its FieldArray API) allocate; both are 10-100x slower than that. All codecs run with BLAS pinned to one thread (the 2 cores are shared; multithreaded OpenBLAS
 hand-offs made every codec several times slower under load), and the load average is printed.
 * galois GF(2^8) (``galois.GF(2**8)`` FieldArray matmul / inverse): bytes as symbols. It is much
   slower, so it is timed on ``--galois_kb`` KB blocks (after a warm-up call that JIT-compiles it)
@@ -63,11 +63,12 @@ def ours_ops(block_bytes: int, rng, backend: str = "auto") -> dict:
     coded = coding.encode(C, src)
     beta = field.random_elements(rng, (K, K))
 
+    out = np.empty_like(src)  # preallocated: times the codec, not the allocator's page faults
+
     def decode():
-        return field.matmul_mod(field.inv_mod_matrix(C), coded, backend=backend)
+        return field.matmul_mod(field.inv_mod_matrix(C), coded, out=out, backend=backend)
 
     assert np.array_equal(decode(), src), "exact decode failed"  # checked once, outside the timing
-    out = np.empty_like(src)  # preallocated, like Cauchy's: times the codec, not the allocator
     return {"encode": lambda: field.matmul_mod(C, src, out=out, backend=backend),
             "recode": lambda: field.matmul_mod(beta, coded, out=out, backend=backend), "decode": decode}
 
