@@ -12,7 +12,7 @@ from jaxlab.fl.algorithms.common import LocalSGD
 from jaxlab.fl.algorithms.dbe import dbe, dbe_loss
 from jaxlab.models import get_model
 from jaxlab.train.local import client_batches
-from tests.fl.pfl_helpers import check_executors_and_resume, numeric_grad, tiny_data, tiny_model
+from tests.fl.pfl_helpers import check_executors_and_resume, flatten_float64, numeric_grad, tiny_data, tiny_model
 
 
 def np_dbe_loss(x, y, W1, b1, W2, b2, prbm, mu0, zg, kappa, m):
@@ -42,17 +42,7 @@ def test_dbe_loss_and_gradient_match_float64_numpy():
     (loss, (new_state, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         trainable, state, {"x": jnp.asarray(x), "y": jnp.asarray(y)}, jax.random.PRNGKey(0), jnp.asarray(zg, jnp.float32))
 
-    leaves, treedef = jax.tree_util.tree_flatten(trainable)
-    shapes = [np.shape(l) for l in leaves]
-    theta0 = np.concatenate([np.asarray(l, np.float64).ravel() for l in leaves])
-
-    def unflat(theta):
-        out, i = [], 0
-        for s in shapes:
-            n = int(np.prod(s))
-            out.append(theta[i:i + n].reshape(s))
-            i += n
-        return jax.tree_util.tree_unflatten(treedef, out)
+    theta0, unflat = flatten_float64(trainable)
 
     def f(theta):
         t = unflat(theta)
