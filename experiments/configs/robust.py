@@ -9,6 +9,10 @@
 ``skymask``: the five attacks x (FedAvg, Krum, median, FLTrust, SkyMask), one attacker fraction per run:
     python -m experiments.robust --workdir=/work/runs/robust_skymask20 --config=experiments/configs/robust.py:skymask
     python -m experiments.robust --workdir=/work/runs/robust_skymask50 --config=experiments/configs/robust.py:skymask --config.attacker_fraction=0.5
+``skymask_adaptive``: the same setting and rules under FLTrust's adaptive attack (NDSS'21), with
+(``fltrust_adaptive_root``) and without (``fltrust_adaptive``) the attacker knowing the server's root
+update; rules without a root set (FedAvg, Krum, median) get the estimate in both rows:
+    python -m experiments.robust --workdir=/work/runs/robust_fltrust_adapt50 --config=experiments/configs/robust.py:skymask_adaptive --config.attacker_fraction=0.5
 ``pill``: Pill (ours) with and without, on the 8 defenses + FedAvg, with a dose-response check:
     python -m experiments.robust_matrix --workdir=/work/runs/robust_pill --config=experiments/configs/robust.py:pill
 ``paper``: SkyMask's published setting (Fashion-MNIST CNN, 100 clients, 20% attackers,
@@ -80,6 +84,14 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
         c.fractions = ()
         c.sweep_defenses = ()
         c.sweep_attacks = ()
+    elif preset == "skymask_adaptive":
+        c.defenses = ("fedavg", "krum", "median", "fltrust", "skymask")
+        c.attacks = ("none", "fltrust_adaptive_root", "fltrust_adaptive")
+        c.pill_attacks = ()
+        c.pill_defenses = ()
+        c.fractions = ()
+        c.sweep_defenses = ()
+        c.sweep_attacks = ()
     elif preset == "pill":
         # Pill (ours) vs the same attacks without it on the matrix setting, every cell measured in
         # this one run (same code, seed and attacker fraction), plus the no-attack error of each rule
@@ -113,5 +125,5 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
         c.sweep_defenses = ("fedavg", "krum", "median", "fltrust", "skymask")
         c.sweep_attacks = ("fang_trim", "fang_krum", "min_max", "min_sum")
     else:
-        raise ValueError(f"unknown preset {preset!r}: choose 'quick', 'matrix', 'skymask', 'pill' or 'paper'")
+        raise ValueError(f"unknown preset {preset!r}: choose 'quick', 'matrix', 'skymask', 'skymask_adaptive', 'pill' or 'paper'")
     return c

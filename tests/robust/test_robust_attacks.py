@@ -164,3 +164,149 @@ def test_bad_input():
         at.apply(jnp.ones((5, 3)), jnp.zeros(4, bool), jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match="NaN"):
         at.apply(jnp.full((5, 3), jnp.nan), jnp.zeros(5, bool), jax.random.PRNGKey(0))
+
+
+# ----------------------------------------------------------------------------------------------
+# adaptive attack against FLTrust
+# ----------------------------------------------------------------------------------------------
+
+def np_fltrust(rows, g0):
+    """FLTrust in float64 NumPy (Cao et al.): ReLU-cosine trust, rows rescaled to |g0|."""
+    n0 = np.linalg.norm(g0)
+    ni = np.linalg.norm(rows, axis=1)
+    ts = np.maximum(rows @ g0 / (ni * n0), 0.0)
+    return (ts * n0 / ni) @ rows / ts.sum() if ts.sum() > 0 else np.zeros_like(g0)
+
+
+def np_fltrust_adaptive(g, m, g0, grid):
+    """Independent re-derivation: build the candidate row for every grid cosine, run NumPy FLTrust on
+    (benign rows + f copies) and keep the row whose aggregate has the smallest s . g' (Fang's
+    directional objective); the attack's closed form must pick the same row."""
+    ben = g[~m]
+    before = np_fltrust(ben, g0)
+    s = np.sign(before)
+    u0 = g0 / np.linalg.norm(g0)
+    s_perp = s - (s @ u0) * u0
+    v = -s_perp / np.linalg.norm(s_perp)
+    best, best_h = None, np.inf
+    for c in np.arange(1, grid + 1) / grid:
+        row = np.linalg.norm(g0) * (c * u0 + np.sqrt(1 - c * c) * v)
+        h = s @ np_fltrust(np.vstack([np.tile(row, (int(m.sum()), 1)), ben]), g0)
+        if h < best_h:
+            best, best_h = row, h
+    return best, best_h, s, before
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fltrust_adaptive_root_matches_numpy_bruteforce(seed):
+    rng = np.random.default_rng(seed)
+    n, f, d = 10, [2, 5, 4][seed], 40
+    base = rng.normal(size=d)
+    g = base + 1.2 * rng.normal(size=(n, d))
+    g0 = base + 1.2 * rng.normal(size=d)
+    m = np.arange(n) < f
+    row, h, s, _ = np_fltrust_adaptive(g, m, g0, grid=200)
+    at = A.make_attack("fltrust_adaptive_root", grid=200)
+    out = np.asarray(jax.jit(at.apply)(jnp.asarray(g, jnp.float32), jnp.asarray(m), jax.random.PRNGKey(0),
+                                       {"root_update": jnp.asarray(g0, jnp.float32)}), np.float64)
+    np.testing.assert_allclose(out[~m], g[~m], rtol=1e-6)
+    np.testing.assert_allclose(out[m], np.tile(row, (f, 1)), rtol=1e-3, atol=1e-4)
+    # the objective the attack reaches, evaluated by the NumPy FLTrust on its own output
+    h_out = s @ np_fltrust(np.vstack([out[m], g[~m]]), g0)
+    assert h_out <= h + 1e-3 * abs(h)
+
+
+def test_fltrust_adaptive_hand_checkable():
+    """d=2: u0 = e1 and the benign updates lean towards +e2, so s = (1, 1), s_perp = e2 and the
+    harmful orthogonal direction is -e2; the row has norm |g0| and cosine c* with g0, and c*
+    minimises the closed-form h(c) of the continuous problem (scipy) up to the grid spacing."""
+    from scipy.optimize import minimize_scalar
+
+    g0 = np.array([2.0, 0.0])
+    ben = np.array([[1.0, 1.0], [1.0, 0.5], [2.0, 1.0]])
+    f = 3
+    g = np.vstack([np.zeros((f, 2)) + 1.0, ben])
+    m = np.arange(len(g)) < f
+    out = np.asarray(A.make_attack("fltrust_adaptive_root", grid=2000).apply(
+        jnp.asarray(g, jnp.float32), jnp.asarray(m), jax.random.PRNGKey(0), {"root_update": jnp.asarray(g0, jnp.float32)}))
+    row = out[0]
+    np.testing.assert_allclose(np.linalg.norm(row), 2.0, rtol=1e-5)
+    c = row[0] / np.linalg.norm(row)
+    assert row[1] < 0  # along -e2, against the benign drift
+    cos = ben @ g0 / (np.linalg.norm(ben, axis=1) * 2.0)
+    T = cos.sum()
+    before = np_fltrust(ben, g0)
+    s = np.sign(before)
+    np.testing.assert_array_equal(s, [1.0, 1.0])
+
+    def h(cc):  # s . g' in closed form, alpha = 1, beta = 1, |g0| = 2
+        return (T * (s @ before) + f * cc * 2.0 * (cc - np.sqrt(1 - cc * cc))) / (T + f * cc)
+
+    res = minimize_scalar(h, bounds=(1e-6, 1.0), method="bounded", options={"xatol": 1e-10})
+    assert abs(c - res.x) < 1.5e-3
+    np.testing.assert_allclose(h(c), res.fun, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(A.fltrust_adaptive_objective(jnp.float32(c), trust_sum=T, m=f, ref_norm=2.0,
+                                                                 s_dot_before=s @ before, alpha=1.0, beta=1.0)),
+                               h(c), rtol=1e-5)
+    # FLTrust keeps the attackers (positive cosine) and its aggregate's progress along s drops
+    assert c > 0
+    agg = np_fltrust(out.astype(np.float64), g0)
+    np.testing.assert_allclose(s @ agg, h(c), rtol=1e-5)
+    assert s @ agg < 0.7 * (s @ before)
+
+
+def test_fltrust_adaptive_beats_sign_flip_and_lie_on_planted_fltrust():
+    """Planted example, 50% attackers: FLTrust zeroes sign-flip (negative cosine) and LIE barely moves
+    it; the adaptive attack keeps a positive trust score and reverses the aggregate's direction."""
+    from jaxlab.fl.robust.defenses import fltrust
+
+    rng = np.random.default_rng(0)
+    n, d = 20, 200
+    base = rng.normal(size=d)
+    g = (base + 1.5 * rng.normal(size=(n, d))).astype(np.float32)
+    g0 = (base + 1.5 * rng.normal(size=d)).astype(np.float32)
+    m = np.arange(n) < 10
+    ctx = {"root_update": jnp.asarray(g0)}
+    s = np.sign(np_fltrust(g[~m].astype(np.float64), g0.astype(np.float64)))
+    proj = {}
+    for name in ("sign_flip", "lie", "fltrust_adaptive_root"):
+        out = A.make_attack(name).apply(jnp.asarray(g), jnp.asarray(m), jax.random.PRNGKey(0), ctx)
+        agg = fltrust(out, root_update=jnp.asarray(g0))
+        proj[name] = float(s @ np.asarray(agg.update, np.float64))
+        if name == "fltrust_adaptive_root":
+            assert np.asarray(agg.benign)[m].all()  # the attackers keep TS > 0
+    assert proj["fltrust_adaptive_root"] < 0 < min(proj["sign_flip"], proj["lie"])
+
+
+def test_fltrust_adaptive_knowledge_levels(setup):
+    """Without server knowledge the root update in ctx is ignored and the reference is the observed
+    mean; the root variant uses ctx['root_update'] and falls back to the mean when ctx has none."""
+    g, m = setup
+    gj, mj, k = jnp.asarray(g, jnp.float32), jnp.asarray(m), jax.random.PRNGKey(0)
+    r = jnp.asarray(np.random.default_rng(5).normal(size=DIM), jnp.float32)
+    est = A.make_attack("fltrust_adaptive").apply(gj, mj, k, {"root_update": r})
+    est_noctx = A.make_attack("fltrust_adaptive").apply(gj, mj, k)
+    np.testing.assert_allclose(est, est_noctx, rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(est)[0]), np.linalg.norm(g[~m].mean(0)), rtol=1e-5)
+    root = A.make_attack("fltrust_adaptive_root").apply(gj, mj, k, {"root_update": r})
+    same = A.make_attack("fltrust_adaptive", server_knowledge=True).apply(gj, mj, k, {"root_update": r})
+    np.testing.assert_allclose(root, same, rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(root)[0]), float(jnp.linalg.norm(r)), rtol=1e-5)
+    assert np.abs(np.asarray(root)[0] - np.asarray(est)[0]).max() > 1e-2
+    np.testing.assert_allclose(A.make_attack("fltrust_adaptive_root").apply(gj, mj, k, {"ids": jnp.arange(N)}),
+                               est_noctx, rtol=1e-6)
+
+
+def test_fltrust_adaptive_bad_input(setup):
+    g, m = setup
+    gj, mj, k = jnp.asarray(g, jnp.float32), jnp.asarray(m), jax.random.PRNGKey(0)
+    with pytest.raises(ValueError, match="root_update has shape"):
+        A.make_attack("fltrust_adaptive_root").apply(gj, mj, k, {"root_update": jnp.ones(DIM + 1)})
+    with pytest.raises(ValueError, match="direction"):
+        A.make_attack("fltrust_adaptive", direction="up").apply(gj, mj, k)
+    with pytest.raises(ValueError, match="grid"):
+        A.make_attack("fltrust_adaptive", grid=1).apply(gj, mj, k)
+    with pytest.raises(ValueError, match="server_knowledge"):
+        A.make_attack("lie", server_knowledge=True)
+    with pytest.raises(ValueError, match="server-knowledge variant"):
+        A.make_attack("fltrust_adaptive_root", server_knowledge=False)

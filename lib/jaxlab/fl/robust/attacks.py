@@ -12,12 +12,15 @@ updates are still in those rows when the attack runs, so partial-knowledge attac
   and Fang's partial-knowledge setting);
 * ``"all"``: every row.
 
-The server's own root-set update is never observed [our choice; SkyMask's repo lets the attack see
-it]. Statistics over the observed rows are masked, so shapes stay static and everything is
+The server's own root-set update is not observed [our choice; SkyMask's repo lets the attack see
+it], with one labelled exception: ``fltrust_adaptive_root`` (equivalently ``make_attack(
+"fltrust_adaptive", server_knowledge=True)``) also reads ``ctx['root_update']``, the full-knowledge
+threat model of FLTrust's adaptive attack (Cao et al., NDSS'21), in which the attacker knows the
+root dataset. Statistics over the observed rows are masked, so shapes stay static and everything is
 jittable; the number of attackers ``f = is_mal.sum()`` may be traced.
 
 Model-poisoning attacks (``ATTACKS``): ``gaussian``, ``sign_flip``, ``ipm``, ``lie``, ``fang_trim``,
-``fang_krum``, ``min_max``, ``min_sum``. Data attacks: ``label_flip`` (``y -> C-1-y``) and
+``fang_krum``, ``min_max``, ``min_sum``, ``fltrust_adaptive``, ``fltrust_adaptive_root``. Data attacks: ``label_flip`` (``y -> C-1-y``) and
 ``backdoor`` (a trigger square on 50% of the attackers' samples relabelled to the target, then the
 update scaled by ``n/f``; SkyMask ``main.py``). :func:`make_attack` returns the uniform
 :class:`Attack` record.
@@ -36,7 +39,7 @@ from jaxlab.fl.robust.defenses import check_updates, krum_scores
 
 __all__ = ["Attack", "ATTACKS", "KNOWLEDGE", "make_attack", "observed_mask", "masked_mean", "masked_std",
            "gaussian", "sign_flip", "ipm", "lie", "lie_z", "fang_trim", "fang_krum", "min_max", "min_sum",
-           "agr_agnostic_gamma", "add_trigger", "label_flip_data", "backdoor_data"]
+           "agr_agnostic_gamma", "fltrust_adaptive", "fltrust_adaptive_objective", "add_trigger", "label_flip_data", "backdoor_data"]
 
 KNOWLEDGE = ("benign", "own", "all")
 
@@ -248,6 +251,95 @@ def min_sum(updates, observed, is_mal, key, *, perturbation: str = "unit", gamma
 
 
 # ----------------------------------------------------------------------------------------------
+# adaptive attack against FLTrust
+# ----------------------------------------------------------------------------------------------
+
+def fltrust_adaptive_objective(c, *, trust_sum, m, ref_norm, s_dot_before, alpha, beta):
+    """``h(c) = s . g'``: the after-attack FLTrust aggregate ``g'`` projected on the harmful-sign
+    vector ``s`` when all ``m`` attackers send ``|g_0| (c u_0 + sqrt(1 - c^2) v)`` (see
+    :func:`fltrust_adaptive`); ``alpha = s . u_0``, ``beta = |s - alpha u_0|``,
+    ``s_dot_before = s . g`` with ``g`` the before-attack aggregate, ``trust_sum = T`` the benign
+    clients' summed trust scores. ``c`` may be an array (evaluated elementwise)."""
+    c = jnp.asarray(c)
+    mal = m * c * ref_norm * (c * alpha - jnp.sqrt(jnp.maximum(1.0 - c * c, 0.0)) * beta)
+    return (trust_sum * s_dot_before + mal) / jnp.maximum(trust_sum + m * c, 1e-30)
+
+
+def fltrust_adaptive(updates, observed, is_mal, key, *, root_update=None, direction: str = "sign",
+                     grid: int = 2000):
+    """Adaptive attack against FLTrust (Cao et al., NDSS'21, Sec. "adaptive attack", built on Fang
+    et al.'s framework): choose the malicious updates that move FLTrust's aggregate as far as
+    possible against the direction the global model would have moved without the attack, while
+    keeping a positive cosine with the server's update so that ReLU does not zero their trust.
+
+    FLTrust rescales every update to ``|g_0|`` and weights it by ``TS_i = ReLU(cos(g_i, g_0))``, so
+    after the attack ``g' = (T g + |g_0| sum_mal c_i e_i) / (T + sum_mal c_i)`` with ``g`` the
+    before-attack aggregate of the benign rows, ``T`` their summed trust, ``e_i`` the attackers'
+    unit directions and ``c_i = cos(e_i, u_0) > 0``, ``u_0 = g_0 / |g_0|``. Fang's objective
+    ``max s^T (w_before - w_after)`` with ``s = sign`` of the model's before-attack change is, in
+    our pseudo-gradient convention (``w <- w - g``), ``min_e s^T g'`` with ``s = sign(g)``.
+
+    Solution: writing ``e = c u_0 + sqrt(1 - c^2) v`` with ``v`` a unit vector orthogonal to
+    ``u_0``, ``s^T g'`` is minimised over ``v`` in closed form by ``v = -s_perp / |s_perp|``,
+    ``s_perp = s - (s.u_0) u_0``; what remains is the one-dimensional
+    :func:`fltrust_adaptive_objective` ``h(c)``, minimised over the grid ``c in {1/grid, ..., 1}``
+    (so the cosine, hence the trust score, is at least ``1/grid > 0``). Every attacker sends the
+    same row ``|g_0| e`` [our choice: NDSS'21 runs gradient steps on separate unit vectors ``e_i``;
+    with ``s.u_0 >= 0`` the per-attacker objective is convex in ``c_i``, so equal rows are optimal
+    for a given total trust, and our 1-D search is exact up to the grid].
+
+    Knowledge: with ``root_update`` given (``fltrust_adaptive_root``: the attacker knows the root
+    set, NDSS'21's full-knowledge setting) ``g_0`` is the server's update; otherwise the attacker
+    estimates it by the mean of the observed rows [our choice]. ``g`` and ``T`` come from the
+    observed rows: ``T = mean_observed(TS) * (n - f)`` (exact when the observed rows are the
+    benign ones). ``direction``: ``"sign"`` (``s = sign(g)``, Fang/NDSS'21) or ``"unit"``
+    (``s = g / |g|``).
+
+    Returns the candidate rows ``[n, d]`` (all equal), of norm ``|g_0|`` and cosine ``c*`` with
+    ``g_0``. Degenerate case: when ``s`` is parallel to ``u_0`` (e.g. ``d = 1``) ``v = 0`` and the
+    row is ``|g_0| c* u_0``."""
+    del key
+    if direction not in ("sign", "unit"):
+        raise ValueError(f"fltrust_adaptive: unknown direction {direction!r}: choose 'sign' or 'unit'")
+    if not isinstance(grid, (int,)) or isinstance(grid, bool) or grid < 2:
+        raise ValueError(f"fltrust_adaptive: grid={grid!r} must be an int >= 2 (number of cosine values tried)")
+    g = updates
+    n, d = g.shape
+    tiny = 1e-30
+    if root_update is None:
+        ref = masked_mean(g, observed)
+    else:
+        ref = jnp.asarray(root_update, g.dtype)
+        if ref.shape != (d,):
+            raise ValueError(f"fltrust_adaptive: root_update has shape {ref.shape}, expected ({d},) like each "
+                             "update row")
+    ref_norm = jnp.linalg.norm(ref)
+    u0 = ref / jnp.maximum(ref_norm, tiny)
+    norms = jnp.linalg.norm(g, axis=1)
+    ts = jax.nn.relu((g @ u0) / jnp.maximum(norms, tiny)) * observed
+    ts_sum_obs = ts.sum()
+    # the before-attack FLTrust aggregate (each row rescaled to |g_0|, weighted by its trust)
+    before = jnp.where(ts_sum_obs > 0, ref_norm * ((ts / jnp.maximum(norms, tiny)) @ g) / jnp.maximum(ts_sum_obs, tiny),
+                       0.0)
+    m = is_mal.sum().astype(g.dtype)
+    trust_sum = ts_sum_obs / jnp.maximum(observed.sum(), 1).astype(g.dtype) * (n - m)
+    if direction == "sign":
+        s = jnp.sign(before)
+    else:
+        s = before / jnp.maximum(jnp.linalg.norm(before), tiny)
+    alpha = s @ u0
+    s_perp = s - alpha * u0
+    beta = jnp.linalg.norm(s_perp)
+    v = jnp.where(beta > 1e-6 * jnp.maximum(jnp.linalg.norm(s), tiny), -s_perp / jnp.maximum(beta, tiny), 0.0)
+    cs = jnp.arange(1, grid + 1, dtype=g.dtype) / grid
+    h = fltrust_adaptive_objective(cs, trust_sum=trust_sum, m=m, ref_norm=ref_norm, s_dot_before=s @ before,
+                                   alpha=alpha, beta=beta)
+    c = cs[jnp.argmin(h)]
+    mal = ref_norm * (c * u0 + jnp.sqrt(jnp.maximum(1.0 - c * c, 0.0)) * v)
+    return jnp.broadcast_to(mal, g.shape)
+
+
+# ----------------------------------------------------------------------------------------------
 # data attacks
 # ----------------------------------------------------------------------------------------------
 
@@ -291,21 +383,31 @@ class Attack(NamedTuple):
 
 
 _CRAFT = {"gaussian": gaussian, "sign_flip": sign_flip, "ipm": ipm, "lie": lie, "fang_trim": fang_trim,
-          "fang_krum": fang_krum, "min_max": min_max, "min_sum": min_sum}
+          "fang_krum": fang_krum, "min_max": min_max, "min_sum": min_sum, "fltrust_adaptive": fltrust_adaptive,
+          "fltrust_adaptive_root": fltrust_adaptive}
+# attacks that also read the server's root-set update from ``ctx`` (a labelled knowledge level)
+_SERVER_KNOWLEDGE = ("fltrust_adaptive_root",)
+_ROOT_AWARE = ("fltrust_adaptive",)
 ATTACKS = ("none",) + tuple(_CRAFT) + ("label_flip", "backdoor")
 
 
-def model_attack(craft: Callable, knowledge: str = "benign", **hparams) -> Callable:
-    """Wraps a crafting function into ``apply(updates, is_mal, key) -> updates``."""
+def model_attack(craft: Callable, knowledge: str = "benign", server_knowledge: bool = False, **hparams) -> Callable:
+    """Wraps a crafting function into ``apply(updates, is_mal, key, ctx=None) -> updates``.
+
+    ``server_knowledge=True`` passes ``root_update=ctx['root_update']`` to ``craft`` when the
+    server computed one this round (rules with a root set: FLTrust, SkyMask); against other rules
+    the craft gets no root update and falls back to its own estimate [our choice]."""
     observed_mask(jnp.zeros(1, bool), knowledge)  # validates the name early
 
     def apply(updates, is_mal, key, ctx=None):
-        del ctx
         g, _, finite = check_updates(updates, None, "attack")
         if is_mal.shape != (g.shape[0],):
             raise ValueError(f"attack: is_mal has shape {is_mal.shape}, expected ({g.shape[0]},)")
         obs = observed_mask(is_mal, knowledge) & finite
-        cand = craft(g, obs, is_mal, key, **hparams)
+        extra = {}
+        if server_knowledge and ctx is not None and ctx.get("root_update") is not None:
+            extra["root_update"] = ctx["root_update"]
+        cand = craft(g, obs, is_mal, key, **hparams, **extra)
         return jnp.where(is_mal[:, None], cand, g)
 
     return apply
@@ -316,7 +418,14 @@ def make_attack(name: str, *, knowledge: str = "benign", num_classes: int = 10, 
     if name == "none":
         return Attack(name, _identity, None, knowledge)
     if name in _CRAFT:
-        return Attack(name, model_attack(_CRAFT[name], knowledge, **hparams), None, knowledge)
+        server = bool(hparams.pop("server_knowledge", name in _SERVER_KNOWLEDGE))
+        if server and _CRAFT[name].__name__ not in _ROOT_AWARE:
+            raise ValueError(f"attack {name!r} cannot use the server's root update: server_knowledge is only for "
+                             f"{_ROOT_AWARE}")
+        if name in _SERVER_KNOWLEDGE and not server:
+            raise ValueError(f"attack {name!r} is the server-knowledge variant; use {name.removesuffix('_root')!r} "
+                             "for an attacker that does not see the root update")
+        return Attack(name, model_attack(_CRAFT[name], knowledge, server, **hparams), None, knowledge)
     if name == "label_flip":
         return Attack(name, _identity,
                       lambda x, y, n, k: label_flip_data(x, y, n, k, num_classes=num_classes), knowledge)
