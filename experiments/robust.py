@@ -99,7 +99,9 @@ def run_cell(s: Setup, attack: str, defense: str, fraction: float, pill: bool = 
     # it expects the fraction of the clients sampled in a round (cross-device: join_ratio < 1)
     n_round = max(1, int(np.floor(n * float(c.get("join_ratio", 1.0)))))
     agg, f_used = build_defense(s, defense, int(round(fraction * n_round)))
-    att = make_attack(attack, knowledge=c.knowledge, num_classes=s.num_classes)
+    # per-attack hyperparameters from the config (e.g. the adaptive FLTrust attack's direction)
+    hp = dict(c.get("attack_hparams", {}).get(attack, {}))
+    att = make_attack(attack, knowledge=c.knowledge, num_classes=s.num_classes, **hp)
     if pill:
         att = pill_attack(att, search=c.pill_search, pill_norm=c.pill_norm)
     alg = robust_fedavg(s.model, defense=agg, malicious=mal, attack=att, lr=c.lr, batch_size=c.batch_size,
@@ -110,6 +112,8 @@ def run_cell(s: Setup, attack: str, defense: str, fraction: float, pill: bool = 
            "f_defense": f_used, "acc": out["acc"], "err": 1.0 - out["acc"],
            "fpr": out["fpr"] if agg.selects else float("nan"), "fnr": out["fnr"] if agg.selects else float("nan"),
            "seconds": time.perf_counter() - t0}
+    if hp:
+        row["attack_hparams"] = hp
     if attack == "backdoor":
         d = s.data
         sv = out["server_state"]
@@ -148,6 +152,8 @@ def run(config, workdir) -> dict:
                "cells": {f"{r['attack']}/{r['defense']}{'/pill' if r['pill'] else ''}":
                          {k: r[k] for k in ("acc", "fpr", "fnr") if k in r} for r in rows},
                "no_attack_fedavg_acc": base.get("fedavg")}
+    if config.get("attack_hparams"):
+        summary["attack_hparams"] = config.attack_hparams.to_dict()
     wd.write_summary(summary)
     print(table)
     return summary

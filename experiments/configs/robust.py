@@ -87,6 +87,9 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     elif preset == "skymask_adaptive":
         c.defenses = ("fedavg", "krum", "median", "fltrust", "skymask")
         c.attacks = ("none", "fltrust_adaptive_root", "fltrust_adaptive")
+        # Fang's s = sign of the before-attack aggregate (NDSS'21); 'unit' = the aggregate's direction:
+        #   --config.attack_hparams.fltrust_adaptive_root.direction=unit
+        c.attack_hparams = {"fltrust_adaptive_root": {"direction": "sign"}, "fltrust_adaptive": {"direction": "sign"}}
         c.pill_attacks = ()
         c.pill_defenses = ()
         c.fractions = ()

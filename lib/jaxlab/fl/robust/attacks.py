@@ -414,7 +414,11 @@ def model_attack(craft: Callable, knowledge: str = "benign", server_knowledge: b
 
 
 def make_attack(name: str, *, knowledge: str = "benign", num_classes: int = 10, **hparams) -> Attack:
-    """The :class:`Attack` for ``name`` in :data:`ATTACKS`."""
+    """The :class:`Attack` for ``name`` in :data:`ATTACKS`; ``hparams`` go to the crafting function.
+
+    ``server_knowledge`` (only for ``fltrust_adaptive``; ``fltrust_adaptive_root`` sets it): the
+    attack also reads ``ctx['root_update']``, the server's root-set update, when the rule computes
+    one (FLTrust, SkyMask); against rules without a root set it uses its own estimate."""
     if name == "none":
         return Attack(name, _identity, None, knowledge)
     if name in _CRAFT:
