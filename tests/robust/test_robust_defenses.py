@@ -303,3 +303,36 @@ def test_bad_inputs_raise_one_clear_error(G):
         agg = D.make_aggregator(name, f=3)
         with pytest.raises(ValueError, match=r"rows \[4, 9\]"):
             agg.apply(jnp.asarray(bad), None, jax.random.PRNGKey(0), agg.init(15, 40), {"root_update": g.mean(0)})
+
+
+# ---------------------------------------------------------------- fast-path pieces
+
+def test_chunked_gram_matches_float64_product_with_a_remainder_chunk():
+    """The Gram matrix is accumulated over column chunks (2 full chunks and a tail here)."""
+    x = np.random.default_rng(3).standard_normal((7, 2 * D._GRAM_CHUNK + 123)).astype(np.float32)
+    ref = x.astype(np.float64) @ x.T.astype(np.float64)
+    np.testing.assert_allclose(np.asarray(jax.jit(D.gram)(jnp.asarray(x))), ref, rtol=1e-4, atol=1e-2)
+    np.testing.assert_allclose(np.asarray(D.pairwise_sq_dists(jnp.asarray(x))),
+                               np.maximum(np.diag(ref)[:, None] + np.diag(ref)[None, :] - 2 * ref, 0) * (1 - np.eye(7)),
+                               rtol=1e-3, atol=1.0)
+
+
+def test_sample_without_replacement_is_distinct_and_uniform():
+    f = jax.jit(lambda k: D.sample_without_replacement(k, 20, 15))  # many collisions to redraw
+    draws = np.stack([np.asarray(f(k)) for k in jax.random.split(jax.random.PRNGKey(0), 400)])
+    assert all(len(set(r.tolist())) == 15 for r in draws)
+    assert draws.min() >= 0 and draws.max() < 20
+    counts = np.bincount(draws.ravel(), minlength=20)       # each index kept with prob 15/20
+    expected = 400 * 15 / 20
+    assert np.all(np.abs(counts - expected) < 5 * np.sqrt(expected * (1 - 15 / 20))), counts
+    with pytest.raises(ValueError, match="b="):
+        D.sample_without_replacement(jax.random.PRNGKey(0), 5, 6)
+
+
+def test_fedavg_flags_a_nan_row_even_with_weight_zero_inside_jit():
+    g = np.random.default_rng(0).standard_normal((6, 50)).astype(np.float32)
+    g[2, 7] = np.nan
+    w = np.array([1, 1, 0, 1, 1, 1], np.float32)
+    out = jax.jit(D.fedavg_mean)(jnp.asarray(g), jnp.asarray(w))
+    assert np.asarray(out.benign).tolist() == [True, True, False, True, True, True]
+    np.testing.assert_allclose(np.asarray(out.update), np.delete(g, 2, 0).mean(0), rtol=1e-5, atol=1e-6)

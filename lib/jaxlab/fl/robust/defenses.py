@@ -43,8 +43,9 @@ import numpy as np
 from jax import lax
 
 __all__ = ["AggOut", "Aggregator", "DEFENSES", "make_aggregator", "max_admissible_f", "check_updates",
-           "pairwise_sq_dists", "krum_scores", "sort_rows", "fedavg_mean", "krum", "multi_krum", "bulyan", "coordinate_median",
-           "trimmed_mean", "geometric_median", "centered_clipping", "fltrust", "flame", "foolsgold", "dnc"]
+           "pairwise_sq_dists", "gram", "krum_scores", "sort_rows", "fedavg_mean", "krum", "multi_krum", "bulyan", "coordinate_median",
+           "trimmed_mean", "geometric_median", "centered_clipping", "fltrust", "flame", "foolsgold", "dnc",
+           "sample_without_replacement"]
 
 
 class AggOut(NamedTuple):
@@ -66,6 +67,26 @@ def check_updates(updates, weights=None, name: str = "aggregate"):
     Raises ``TypeError``/``ValueError`` for a wrong rank, mismatched shapes, or (eagerly) rows that
     hold NaN/inf. Under ``jit`` non-finite rows are zeroed and returned as ``finite=False``.
     """
+    updates, weights = _validate_shapes(updates, weights, name)
+    n = updates.shape[0]
+    if _is_concrete(updates):
+        bad = ~np.isfinite(np.asarray(updates)).all(axis=1)
+        if bad.any():
+            rows = np.flatnonzero(bad).tolist()
+            raise ValueError(f"{name}: update rows {rows[:20]} contain NaN or inf; drop those clients before "
+                             "aggregating (inside jit they are zeroed and reported as flagged)")
+        return jnp.asarray(updates), jnp.asarray(weights, jnp.float32), jnp.ones((n,), bool)
+    # a NaN/inf anywhere in a row makes the row's sum non-finite; one matrix-vector product is
+    # ~10x faster on CPU than an all(isfinite) reduction (a row of finite values whose sum
+    # overflows float32 would also be flagged, far beyond any real update)
+    finite = jnp.isfinite(updates @ jnp.ones((updates.shape[1],), updates.dtype))
+    updates = jnp.where(finite[:, None], updates, 0.0)
+    weights = jnp.where(finite, weights, 0.0)
+    return updates, weights, finite
+
+
+def _validate_shapes(updates, weights, name: str):
+    """Rank, dtype and shape checks shared by every rule; returns ``(updates, weights [n] float32)``."""
     if not hasattr(updates, "shape"):
         updates = jnp.asarray(updates)
     if updates.ndim != 2:
@@ -82,20 +103,34 @@ def check_updates(updates, weights=None, name: str = "aggregate"):
         weights = jnp.asarray(weights, jnp.float32)
     if weights.shape != (n,):
         raise ValueError(f"{name}: weights has shape {weights.shape} but updates has {n} rows; pass one weight per client")
-    if _is_concrete(updates):
-        bad = ~np.isfinite(np.asarray(updates)).all(axis=1)
-        if bad.any():
-            rows = np.flatnonzero(bad).tolist()
-            raise ValueError(f"{name}: update rows {rows[:20]} contain NaN or inf; drop those clients before "
-                             "aggregating (inside jit they are zeroed and reported as flagged)")
-        return jnp.asarray(updates), jnp.asarray(weights, jnp.float32), jnp.ones((n,), bool)
-    # a NaN/inf anywhere in a row makes the row's sum non-finite; one matrix-vector product is
-    # ~10x faster on CPU than an all(isfinite) reduction (a row of finite values whose sum
-    # overflows float32 would also be flagged, far beyond any real update)
-    finite = jnp.isfinite(updates @ jnp.ones((updates.shape[1],), updates.dtype))
-    updates = jnp.where(finite[:, None], updates, 0.0)
-    weights = jnp.where(finite, weights, 0.0)
-    return updates, weights, finite
+    return updates, weights
+
+
+def _guarded(name: str, updates, weights, impl: Callable):
+    """Runs ``impl(g, w, finite)`` with the non-finite-row contract of :func:`check_updates`, without
+    its cost on the common path.
+
+    Eagerly (concrete arrays) rows with NaN/inf raise ``ValueError`` as in :func:`check_updates`.
+    Under ``jit`` the rows are probed once (``finite [n]`` from one matrix-vector product ``g @ 1``,
+    a single pass over the matrix) and ``lax.cond`` runs ``impl`` on the untouched
+    matrix when every row is finite; only when some row is not does it pay for a zeroed copy of the
+    matrix (``where`` over ``[n, d]`` materialises 4 bytes x n x d, ~10x the rule's own cost for
+    FedAvg or FLTrust at d = 1e6). Both branches give the same result on finite input.
+    """
+    if _is_concrete(updates) and (weights is None or _is_concrete(weights)):
+        g, w, finite = check_updates(updates, weights, name)
+        return impl(g, w, finite)
+    g, w = _validate_shapes(updates, weights, name)
+    n = g.shape[0]
+    finite = jnp.isfinite(g @ jnp.ones((g.shape[1],), g.dtype))
+
+    def clean():
+        return impl(g, w, jnp.ones((n,), bool))
+
+    def dirty():
+        return impl(jnp.where(finite[:, None], g, 0.0), jnp.where(finite, w, 0.0), finite)
+
+    return lax.cond(jnp.all(finite), clean, dirty)
 
 
 def _check_f(f, n: int, name: str, need: str):
@@ -130,12 +165,35 @@ def max_admissible_f(rule: str, n: int) -> int:
 # shared pieces
 # ----------------------------------------------------------------------------------------------
 
+_GRAM_CHUNK = 10_000
+
+
+def gram(x):
+    """``x @ x.T`` for ``x [n, d]``, accumulated over column chunks of ``_GRAM_CHUNK``.
+
+    For d >> n the single dot streams the whole matrix through XLA:CPU's GEMM with poor cache
+    reuse; chunks of [n, 10000] (4 MB at n = 100) stay in cache, which makes the product 1.6-2.5x
+    faster on CPU at n = 100, d = 1e6 (on par with OpenBLAS's syrk that NumPy calls for
+    ``a @ a.T``). The result is the same sum in a different order (float32 rounding differs)."""
+    n, d = x.shape
+    c = _GRAM_CHUNK
+    nb = d // c
+    if nb < 2:
+        return x @ x.T
+    acc = lax.fori_loop(0, nb, lambda i, a: a + (lambda blk: blk @ blk.T)(lax.dynamic_slice(x, (0, i * c), (n, c))),
+                        jnp.zeros((n, n), x.dtype))
+    if nb * c < d:
+        tail = x[:, nb * c:]
+        acc = acc + tail @ tail.T
+    return acc
+
+
 def pairwise_sq_dists(updates):
     """``[n, n]`` squared Euclidean distances from one Gram matrix (diagonal exactly 0)."""
     g = updates.astype(jnp.float32)
-    sq = jnp.sum(g * g, axis=1)
-    gram = g @ g.T
-    d = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * gram, 0.0)
+    gm = gram(g)
+    sq = jnp.diagonal(gm)
+    d = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * gm, 0.0)
     return d * (1.0 - jnp.eye(d.shape[0], dtype=d.dtype))
 
 
@@ -157,18 +215,22 @@ def krum_scores(dists, k, valid=None):
 _NETWORK_MAX_ROWS = 256
 
 
-def sort_rows(x):
-    """Sorts ``x [n, d]`` along the client axis (ascending) for every coordinate.
+def _sorted_row_list(x) -> list:
+    """The rows of ``x [n, d]`` sorted per coordinate, as a Python list of ``n`` arrays ``[d]``.
 
-    For ``n <= 256`` a bitonic sorting network unrolled at trace time: ``n`` rows padded with +inf
-    to a power of two, compare-exchanges with a padding row resolved statically (no op), and XLA
-    fuses the min/max chain per coordinate. On CPU this is 30-60x faster than ``jnp.sort`` along
-    a short axis (XLA's comparison sort). Larger ``n`` falls back to ``jnp.sort``."""
-    n = x.shape[0]
-    if n > _NETWORK_MAX_ROWS or n < 2:
-        return jnp.sort(x, axis=0)
+    A bitonic sorting network unrolled at trace time: ``n`` rows padded with +inf to a power of
+    two, compare-exchanges with a padding row resolved statically (no op). Consumers combine the
+    rows elementwise (e.g. :func:`_tree_sum`) so that XLA fuses the whole network and its consumer
+    into one loop over coordinates with no intermediate written to memory; stacking the rows first
+    (``jnp.stack``) breaks that fusion and costs 10-100x."""
+    return _sort_network([x[i] for i in range(x.shape[0])])
+
+
+def _sort_network(rows: list) -> list:
+    """:func:`_sorted_row_list` on a list of ``[d]`` arrays."""
+    n = len(rows)
     p = 1 << (n - 1).bit_length()
-    rows = [x[i] for i in range(n)] + [None] * (p - n)   # None = +inf padding
+    rows = list(rows) + [None] * (p - n)   # None = +inf padding
     k = 2
     while k <= p:
         j = k // 2
@@ -187,12 +249,42 @@ def sort_rows(x):
                 rows[i], rows[l] = (lo, hi) if (i & k) == 0 else (hi, lo)
             j //= 2
         k *= 2
-    return jnp.stack(rows[:n])
+    return rows[:n]
+
+
+def _tree_sum(rows: list):
+    """Elementwise sum of a list of equal-shape arrays as a balanced tree (a linear chain of adds
+    is one long dependency chain that XLA:CPU splits into many passes over memory)."""
+    rows = list(rows)
+    while len(rows) > 1:
+        rows = [a + b for a, b in zip(rows[0::2], rows[1::2])] + ([rows[-1]] if len(rows) % 2 else [])
+    return rows[0]
+
+
+def sort_rows(x):
+    """Sorts ``x [n, d]`` along the client axis (ascending) for every coordinate.
+
+    For ``n <= 256`` the bitonic network of :func:`_sorted_row_list`, stacked; on CPU this is
+    30-60x faster than ``jnp.sort`` along a short axis (XLA's comparison sort). Larger ``n``
+    falls back to ``jnp.sort``. The rules below use the row list directly (see there)."""
+    n = x.shape[0]
+    if n > _NETWORK_MAX_ROWS or n < 2:
+        return jnp.sort(x, axis=0)
+    return jnp.stack(_sorted_row_list(x))
 
 
 def _median_sorted(srt):
     n = srt.shape[0]
     return (srt[(n - 1) // 2] + srt[n // 2]) / 2
+
+
+def _coordinate_median(x):
+    """Per-coordinate median of ``x [n, d]`` (even n: mean of the two middle values)."""
+    n = x.shape[0]
+    if n > _NETWORK_MAX_ROWS or n < 2:
+        return _median_sorted(jnp.sort(x, axis=0))
+    rows = _sorted_row_list(x)
+    return (rows[(n - 1) // 2] + rows[n // 2]) / 2
 
 
 def _mean_of(updates, keep, weights=None):
@@ -208,36 +300,57 @@ def _mean_of(updates, keep, weights=None):
 def fedavg_mean(updates, weights=None, key=None) -> AggOut:
     """``sum_i w_i g_i / sum_i w_i`` (FedAvg; uniform weights when ``weights`` is None)."""
     del key
-    g, w, finite = check_updates(updates, weights, "fedavg")
-    return AggOut(_mean_of(g, finite, w), finite)
+    if _is_concrete(updates) and (weights is None or _is_concrete(weights)):
+        g, w, finite = check_updates(updates, weights, "fedavg")
+        return AggOut(_mean_of(g, finite, w), finite)
+    g, w = _validate_shapes(updates, weights, "fedavg")
+    n = g.shape[0]
+    # the weighted sum is its own NaN/inf probe: 0 * NaN and 0 * inf are NaN, so any non-finite
+    # entry of the matrix, even in a row of weight 0, makes some coordinate of w @ g non-finite
+    # (the dot does not skip zero weights); then the slow branch zeroes and flags the bad rows
+    y = w.astype(g.dtype) @ g
+    tot = w.sum()
+
+    def clean():
+        return AggOut(jnp.where(tot > 0, y / jnp.maximum(tot, 1e-30), 0.0), jnp.ones((n,), bool))
+
+    def dirty():
+        gz, wz, finite = check_updates(g, w, "fedavg")
+        return AggOut(_mean_of(gz, finite, wz), finite)
+
+    return lax.cond(jnp.all(jnp.isfinite(y)), clean, dirty)
 
 
 def krum(updates, weights=None, key=None, *, f: int) -> AggOut:
     """Krum (Blanchard et al. 2017): the update with the smallest sum of squared distances to its
     ``n - f - 2`` nearest other updates. Needs ``n > 2f + 2``."""
     del key
-    g, _, finite = check_updates(updates, weights, "krum")
-    n = g.shape[0]
+    n = _validate_shapes(updates, weights, "krum")[0].shape[0]
     _check_f(f, n, "krum", "2f+2<n")
-    s = krum_scores(pairwise_sq_dists(g), n - f - 2, finite)
-    i = jnp.argmin(s)
-    return AggOut(g[i], jnp.arange(n) == i)
+
+    def impl(g, w, finite):
+        i = jnp.argmin(krum_scores(pairwise_sq_dists(g), n - f - 2, finite))
+        return AggOut(g[i], jnp.arange(n) == i)
+
+    return _guarded("krum", updates, weights, impl)
 
 
 def multi_krum(updates, weights=None, key=None, *, f: int, m: int | None = None) -> AggOut:
     """Multi-Krum: the plain mean of the ``m`` updates with the lowest Krum scores (scores computed
     once, ByzFL's form; default ``m = n - f``). Needs ``n > 2f + 2``."""
     del key
-    g, _, finite = check_updates(updates, weights, "multikrum")
-    n = g.shape[0]
+    n = _validate_shapes(updates, weights, "multikrum")[0].shape[0]
     _check_f(f, n, "multikrum", "2f+2<n")
     m = n - f if m is None else int(m)
     if not 1 <= m <= n:
         raise ValueError(f"multikrum: m={m} must be in [1, n={n}]")
-    s = krum_scores(pairwise_sq_dists(g), n - f - 2, finite)
-    rank = jnp.argsort(jnp.argsort(s))
-    keep = (rank < m) & finite
-    return AggOut(_mean_of(g, keep), keep)
+
+    def impl(g, w, finite):
+        s = krum_scores(pairwise_sq_dists(g), n - f - 2, finite)
+        keep = (jnp.argsort(jnp.argsort(s)) < m) & finite
+        return AggOut(_mean_of(g, keep), keep)
+
+    return _guarded("multikrum", updates, weights, impl)
 
 
 def _iterated_krum(dists, finite, f: int, theta: int):
@@ -260,46 +373,57 @@ def bulyan(updates, weights=None, key=None, *, f: int) -> AggOut:
     coordinate average the ``beta = theta - 2f`` selected values closest to their median.
     Needs ``n >= 4f + 3``."""
     del key
-    g, _, finite = check_updates(updates, weights, "bulyan")
-    n = g.shape[0]
+    n = _validate_shapes(updates, weights, "bulyan")[0].shape[0]
     _check_f(f, n, "bulyan", "4f+3<=n")
     theta, beta = n - 2 * f, n - 4 * f
-    chosen = _iterated_krum(pairwise_sq_dists(g), finite, f, theta)
-    idx = jnp.argsort(~chosen)[:theta]           # indices of the chosen rows (stable)
-    sel = g[idx]                                 # [theta, d]
-    med = lax.optimization_barrier(_median_sorted(sort_rows(sel)))
-    # the beta values nearest the median are those with |x - med| below the beta-th smallest
-    # deviation r; [our choice] values tied at r share the remaining weight equally
-    dev = jnp.abs(sel - med)
-    r = lax.optimization_barrier(sort_rows(dev)[beta - 1])
-    below = dev < r
-    at = dev == r
-    cnt_below = below.sum(axis=0)
-    sum_below = jnp.sum(jnp.where(below, sel, 0.0), axis=0)
-    mean_at = jnp.sum(jnp.where(at, sel, 0.0), axis=0) / jnp.maximum(at.sum(axis=0), 1)
-    return AggOut((sum_below + (beta - cnt_below) * mean_at) / beta, chosen)
+
+    def impl(g, w, finite):
+        chosen = _iterated_krum(pairwise_sq_dists(g), finite, f, theta)
+        idx = jnp.argsort(~chosen)[:theta]           # indices of the chosen rows (stable)
+        sel = [g[idx[i]] for i in range(theta)]      # theta rows [d]
+        srt = _sort_network(sel)
+        med = lax.optimization_barrier((srt[(theta - 1) // 2] + srt[theta // 2]) / 2)
+        # the beta values nearest the median are those with |x - med| below the beta-th smallest
+        # deviation r; [our choice] values tied at r share the remaining weight equally
+        dev = [jnp.abs(x - med) for x in sel]
+        r = lax.optimization_barrier(_sort_network(dev)[beta - 1])
+        below = [e < r for e in dev]
+        at = [e == r for e in dev]
+        cnt_below = _tree_sum([b.astype(g.dtype) for b in below])
+        sum_below = _tree_sum([jnp.where(b, x, 0.0) for b, x in zip(below, sel)])
+        cnt_at = _tree_sum([a.astype(g.dtype) for a in at])
+        sum_at = _tree_sum([jnp.where(a, x, 0.0) for a, x in zip(at, sel)])
+        mean_at = sum_at / jnp.maximum(cnt_at, 1.0)
+        return AggOut((sum_below + (beta - cnt_below) * mean_at) / beta, chosen)
+
+    return _guarded("bulyan", updates, weights, impl)
 
 
 def coordinate_median(updates, weights=None, key=None, *, f: int | None = None) -> AggOut:
     """Coordinate-wise median (Yin et al. 2018); even n averages the two middle values. ``f`` is
     only checked (``2f < n``) when given."""
     del key
-    g, _, finite = check_updates(updates, weights, "median")
+    n = _validate_shapes(updates, weights, "median")[0].shape[0]
     if f is not None:
-        _check_f(f, g.shape[0], "median", "2f<n")
-    return AggOut(_median_sorted(sort_rows(g)), jnp.ones(g.shape[0], bool))
+        _check_f(f, n, "median", "2f<n")
+    return _guarded("median", updates, weights, lambda g, w, finite: AggOut(_coordinate_median(g), jnp.ones(n, bool)))
 
 
 def trimmed_mean(updates, weights=None, key=None, *, f: int) -> AggOut:
     """Coordinate-wise trimmed mean (Yin et al. 2018): drop the ``f`` largest and ``f`` smallest
     values of every coordinate and average the other ``n - 2f``. Needs ``2f < n``."""
     del key
-    g, _, finite = check_updates(updates, weights, "trimmed_mean")
-    n = g.shape[0]
+    n = _validate_shapes(updates, weights, "trimmed_mean")[0].shape[0]
     _check_f(f, n, "trimmed_mean", "2f<n")
-    if f == 0:
-        return AggOut(g.mean(axis=0), jnp.ones(n, bool))
-    return AggOut(sort_rows(g)[f:n - f].mean(axis=0), jnp.ones(n, bool))
+
+    def impl(g, w, finite):
+        if f == 0:
+            return AggOut(g.mean(axis=0), jnp.ones(n, bool))
+        if n > _NETWORK_MAX_ROWS:
+            return AggOut(jnp.sort(g, axis=0)[f:n - f].mean(axis=0), jnp.ones(n, bool))
+        return AggOut(_tree_sum(_sorted_row_list(g)[f:n - f]) / (n - 2 * f), jnp.ones(n, bool))
+
+    return _guarded("trimmed_mean", updates, weights, impl)
 
 
 def geometric_median(updates, weights=None, key=None, *, nu: float = 1e-6, max_iter: int = 100,
@@ -308,29 +432,32 @@ def geometric_median(updates, weights=None, key=None, *, nu: float = 1e-6, max_i
     ``b_i = alpha_i / max(nu, |z - g_i|)``, ``alpha = weights``, from ``z_0`` = the weighted mean,
     until the relative objective change is below ``ftol`` or ``max_iter`` steps (fedlib defaults)."""
     del key
-    g, w, finite = check_updates(updates, weights, "geomed")
-    w = w / jnp.maximum(w.sum(), 1e-30)
 
-    def objective(z):
-        return jnp.sum(w * jnp.sqrt(jnp.sum((g - z) ** 2, axis=1)))
+    def impl(g, w, finite):
+        w = w / jnp.maximum(w.sum(), 1e-30)
 
-    def step(z):
-        dist = jnp.sqrt(jnp.sum((g - z) ** 2, axis=1))
-        b = w / jnp.maximum(nu, dist)
-        return (b @ g) / b.sum()
+        def dist(z):
+            return jnp.sqrt(jnp.sum((g - z) ** 2, axis=1))
 
-    def cond(c):
-        i, _, obj_prev, obj = c
-        return (i < max_iter) & (jnp.abs(obj_prev - obj) > ftol * obj)
+        def cond(c):
+            i, _, _, obj_prev, obj = c
+            return (i < max_iter) & (jnp.abs(obj_prev - obj) > ftol * obj)
 
-    def body(c):
-        i, z, _, obj = c
-        z = step(z)
-        return i + 1, z, obj, objective(z)
+        def body(c):
+            # two passes over the matrix per step: the distances of the current point (reused for
+            # its objective, computed in the previous step) and the weighted sum of the next
+            i, z, dz, _, obj = c
+            b = w / jnp.maximum(nu, dz)
+            z = (b @ g) / b.sum()
+            dz_new = dist(z)
+            return i + 1, z, dz_new, obj, jnp.sum(w * dz_new)
 
-    z0 = w @ g
-    _, z, _, _ = lax.while_loop(cond, body, (0, z0, jnp.inf, objective(z0)))
-    return AggOut(z, finite)
+        z0 = w @ g
+        d0 = dist(z0)
+        _, z, _, _, _ = lax.while_loop(cond, body, (0, z0, d0, jnp.inf, jnp.sum(w * d0)))
+        return AggOut(z, finite)
+
+    return _guarded("geomed", updates, weights, impl)
 
 
 def centered_clipping(updates, weights=None, key=None, state=None, *, tau: float = 1.0, iters: int = 3):
@@ -339,35 +466,55 @@ def centered_clipping(updates, weights=None, key=None, state=None, *, tau: float
     ``clip_tau(x) = x min(1, tau/|x|)``. Returns ``(AggOut, new_state)``. [our choice] tau=1, L=3
     (epfml sweeps tau in {0.1..10}, L in {1,3,5}); clients use plain SGD, not momentum."""
     del key
-    g, _, finite = check_updates(updates, weights, "cclip")
-    v = jnp.zeros(g.shape[1], g.dtype) if state is None else state
-    n_ok = jnp.maximum(finite.sum(), 1)
 
-    def body(_, v):
-        x = g - v
-        nrm = jnp.sqrt(jnp.sum(x * x, axis=1, keepdims=True))
-        clipped = x * jnp.minimum(1.0, tau / jnp.maximum(nrm, 1e-30))
-        return v + jnp.sum(jnp.where(finite[:, None], clipped, 0.0), axis=0) / n_ok
+    def impl(g, w, finite):
+        v = jnp.zeros(g.shape[1], g.dtype) if state is None else state
+        n_ok = jnp.maximum(finite.sum(), 1)
 
-    v = lax.fori_loop(0, iters, body, v)
-    return AggOut(v, finite), v
+        def body(_, v):
+            # sum_i s_i (g_i - v) = s @ g - (sum s) v with s_i = min(1, tau/|g_i - v|): two passes over
+            # the matrix per step (the distances, a reduction XLA fuses with g - v, and one
+            # matrix-vector product) and no [n, d] temporary
+            nrm = jnp.sqrt(jnp.sum((g - v) ** 2, axis=1))
+            sc = jnp.minimum(1.0, tau / jnp.maximum(nrm, 1e-30)) * finite
+            return v + (sc @ g - sc.sum() * v) / n_ok
+
+        v = lax.fori_loop(0, iters, body, v)
+        return AggOut(v, finite), v
+
+    return _guarded("cclip", updates, weights, impl)
 
 
 def fltrust(updates, weights=None, key=None, *, root_update) -> AggOut:
     """FLTrust (Cao et al. 2021): ``TS_i = ReLU(cos(g_i, g_0))`` with the server's root-set update
     ``g_0``; ``AGR = sum TS_i (|g_0|/|g_i|) g_i / sum TS_i`` (zeros when every TS is 0)."""
     del key
-    g, _, finite = check_updates(updates, weights, "fltrust")
+    g, _ = _validate_shapes(updates, weights, "fltrust")
     g0 = jnp.asarray(root_update, g.dtype)
     if g0.shape != (g.shape[1],):
         raise ValueError(f"fltrust: root_update has shape {g0.shape}, expected ({g.shape[1]},) like each update row")
+    n = g.shape[0]
+    if _is_concrete(updates):
+        check_updates(updates, weights, "fltrust")   # raises on NaN/inf rows
     n0 = jnp.sqrt(jnp.sum(g0 * g0))
-    ni = jnp.sqrt(jnp.sum(g * g, axis=1))
-    ts = jax.nn.relu((g @ g0) / jnp.maximum(ni * n0, 1e-30)) * finite
-    coef = ts * n0 / jnp.maximum(ni, 1e-30)
-    tot = ts.sum()
-    agg = jnp.where(tot > 0, (coef @ g) / jnp.maximum(tot, 1e-30), 0.0)
-    return AggOut(agg, ts > 0)
+    # |g_i|^2 and g_i . g_0 as two sibling row reductions: one pass over the matrix, which also
+    # serves as the NaN/inf probe (a non-finite row has a non-finite squared norm or dot)
+    sq = jnp.sum(g * g, axis=1)
+    dots = jnp.sum(g * g0, axis=1)
+    finite = jnp.isfinite(sq) & jnp.isfinite(dots)
+
+    def core(g, sq, dots, finite):
+        ni = jnp.sqrt(sq)
+        ts = jax.nn.relu(dots / jnp.maximum(ni * n0, 1e-30)) * finite
+        coef = ts * n0 / jnp.maximum(ni, 1e-30)
+        tot = ts.sum()
+        agg = jnp.where(tot > 0, (coef @ g) / jnp.maximum(tot, 1e-30), 0.0)
+        return AggOut(agg, ts > 0)
+
+    def dirty():
+        return core(jnp.where(finite[:, None], g, 0.0), jnp.where(finite, sq, 0.0), jnp.where(finite, dots, 0.0), finite)
+
+    return lax.cond(jnp.all(finite), lambda: core(g, sq, dots, jnp.ones((n,), bool)), dirty)
 
 
 def _hdbscan_labels(cos_dist, min_cluster_size: int):
@@ -398,22 +545,29 @@ def flame(updates, weights=None, key=None, *, noise_lambda: float = 0.001) -> Ag
        value for image classification is quoted as 0.001; the noise goes on the update, which is
        the same as on the model up to the server learning rate).
     """
-    g, _, finite = check_updates(updates, weights, "flame")
-    n = g.shape[0]
-    nrm = jnp.sqrt(jnp.sum(g * g, axis=1))
-    unit = g / jnp.maximum(nrm, 1e-30)[:, None]
-    cos_dist = 1.0 - unit @ unit.T
-    labels = jax.pure_callback(functools.partial(_hdbscan_labels, min_cluster_size=n // 2 + 1),
-                               jax.ShapeDtypeStruct((n,), jnp.int32), cos_dist)
-    counts = jnp.sum(labels[None, :] == jnp.arange(n)[:, None], axis=1)
-    best = jnp.argmax(counts)
-    keep = jnp.where(counts[best] > 0, labels == best, True) & finite
-    s = _masked_median(nrm, finite)
-    clipped = g * jnp.minimum(1.0, s / jnp.maximum(nrm, 1e-30))[:, None]
-    agg = _mean_of(clipped, keep)
-    if key is not None and noise_lambda > 0:
-        agg = agg + noise_lambda * s * jax.random.normal(key, agg.shape, agg.dtype)
-    return AggOut(agg, keep)
+    n = _validate_shapes(updates, weights, "flame")[0].shape[0]
+
+    def impl(g, w, finite):
+        gm = gram(g)
+        nrm = jnp.sqrt(jnp.maximum(jnp.diagonal(gm), 0.0))
+        inv = 1.0 / jnp.maximum(nrm, 1e-30)
+        cos_dist = 1.0 - gm * inv[:, None] * inv[None, :]
+        labels = jax.pure_callback(functools.partial(_hdbscan_labels, min_cluster_size=n // 2 + 1),
+                                   jax.ShapeDtypeStruct((n,), jnp.int32), cos_dist)
+        counts = jnp.sum(labels[None, :] == jnp.arange(n)[:, None], axis=1)
+        best = jnp.argmax(counts)
+        keep = jnp.where(counts[best] > 0, labels == best, True) & finite
+        s = _masked_median(nrm, finite)
+        scale = jnp.minimum(1.0, s / jnp.maximum(nrm, 1e-30))
+        # mean of the clipped kept rows as one matrix-vector product (no clipped [n, d] copy)
+        wk = keep * scale
+        cnt = keep.sum()
+        agg = jnp.where(cnt > 0, (wk @ g) / jnp.maximum(cnt, 1), 0.0)
+        if key is not None and noise_lambda > 0:
+            agg = agg + noise_lambda * s * jax.random.normal(key, agg.shape, agg.dtype)
+        return AggOut(agg, keep)
+
+    return _guarded("flame", updates, weights, impl)
 
 
 def _masked_median(x, mask):
@@ -436,24 +590,32 @@ def foolsgold(updates, weights=None, key=None, state=None, *, ids=None):
     ``(AggOut, new_state)``; ``benign`` = ``alpha > 0``.
     """
     del key
-    g, _, finite = check_updates(updates, weights, "foolsgold")
-    n = g.shape[0]
-    ids = jnp.arange(n) if ids is None else ids
-    hist = jnp.zeros((n, g.shape[1]), g.dtype) if state is None else state
-    hist = hist.at[ids].add(g)
-    h = hist[ids]
-    hn = h / jnp.maximum(jnp.sqrt(jnp.sum(h * h, axis=1, keepdims=True)), 1e-30)
-    cs = hn @ hn.T - jnp.eye(n, dtype=g.dtype)
-    v = jnp.max(cs, axis=1)
-    pardon = v[:, None] < v[None, :]
-    cs = jnp.where(pardon, cs * v[:, None] / jnp.where(v[None, :] == 0, 1.0, v[None, :]), cs)
-    alpha = jnp.clip(1.0 - jnp.max(cs, axis=1), 0.0, 1.0)
-    amax = jnp.max(alpha)
-    alpha = jnp.where(amax > 0, alpha / jnp.maximum(amax, 1e-30), 0.0)
-    alpha = jnp.where(alpha == 1.0, 0.99, alpha)
-    logit = jnp.log(jnp.maximum(alpha, 1e-30) / (1.0 - alpha)) + 0.5
-    alpha = jnp.where(alpha > 0, jnp.clip(logit, 0.0, 1.0), 0.0) * finite
-    return AggOut(_mean_of(g, alpha > 0, alpha), alpha > 0), hist
+    n, d = _validate_shapes(updates, weights, "foolsgold")[0].shape
+
+    def impl(g, w, finite):
+        hist = jnp.zeros((n, d), g.dtype) if state is None else state
+        if ids is None:
+            hist = hist + g
+            h = hist
+        else:
+            hist = hist.at[ids].add(g)
+            h = hist[ids]
+        # cosines from one Gram matrix of the histories (no normalised [n, d] copy)
+        gm = gram(h)
+        inv = 1.0 / jnp.maximum(jnp.sqrt(jnp.maximum(jnp.diagonal(gm), 0.0)), 1e-30)
+        cs = gm * inv[:, None] * inv[None, :] - jnp.eye(n, dtype=g.dtype)
+        v = jnp.max(cs, axis=1)
+        pardon = v[:, None] < v[None, :]
+        cs = jnp.where(pardon, cs * v[:, None] / jnp.where(v[None, :] == 0, 1.0, v[None, :]), cs)
+        alpha = jnp.clip(1.0 - jnp.max(cs, axis=1), 0.0, 1.0)
+        amax = jnp.max(alpha)
+        alpha = jnp.where(amax > 0, alpha / jnp.maximum(amax, 1e-30), 0.0)
+        alpha = jnp.where(alpha == 1.0, 0.99, alpha)
+        logit = jnp.log(jnp.maximum(alpha, 1e-30) / (1.0 - alpha)) + 0.5
+        alpha = jnp.where(alpha > 0, jnp.clip(logit, 0.0, 1.0), 0.0) * finite
+        return AggOut(_mean_of(g, alpha > 0, alpha), alpha > 0), hist
+
+    return _guarded("foolsgold", updates, weights, impl)
 
 
 def dnc(updates, weights=None, key=None, *, f: int, niters: int = 5, b: int = 10000, c: float = 1.0) -> AggOut:
@@ -461,27 +623,65 @@ def dnc(updates, weights=None, key=None, *, f: int, niters: int = 5, b: int = 10
     (without replacement), centre them, score ``s_i = ((g_i - mu) . v)^2`` with ``v`` the top right
     singular vector (from the eigenvector of the n x n Gram of the centred sample), keep the
     ``n - c f`` lowest; average the intersection of the kept sets (fedlib defaults)."""
-    g, _, finite = check_updates(updates, weights, "dnc")
-    n, d = g.shape
+    n, d = _validate_shapes(updates, weights, "dnc")[0].shape
     _check_f(f, n, "dnc", "f<n")
     if key is None:
         raise ValueError("dnc: needs a PRNG key to sample coordinates")
     b = min(int(b), d)
     n_keep = max(1, n - int(np.ceil(c * f)))
 
-    def one(k):
-        idx = jax.random.choice(k, d, (b,), replace=False) if b < d else jnp.arange(d)
-        x = g[:, idx]
-        cnt = jnp.maximum(finite.sum(), 1)
-        mu = jnp.sum(jnp.where(finite[:, None], x, 0.0), axis=0) / cnt
-        xc = jnp.where(finite[:, None], x - mu, 0.0)
-        evals, evecs = jnp.linalg.eigh(xc @ xc.T)
-        s = evals[-1] * evecs[:, -1] ** 2
-        s = jnp.where(finite, s, jnp.inf)
-        return jnp.argsort(jnp.argsort(s)) < n_keep
+    def impl(g, w, finite):
+        def one(k):
+            idx = sample_without_replacement(k, d, b) if b < d else jnp.arange(d)
+            x = g[:, idx]
+            cnt = jnp.maximum(finite.sum(), 1)
+            mu = jnp.sum(jnp.where(finite[:, None], x, 0.0), axis=0) / cnt
+            xc = jnp.where(finite[:, None], x - mu, 0.0)
+            evals, evecs = jnp.linalg.eigh(xc @ xc.T)
+            s = evals[-1] * evecs[:, -1] ** 2
+            s = jnp.where(finite, s, jnp.inf)
+            return jnp.argsort(jnp.argsort(s)) < n_keep
 
-    keep = jnp.all(jax.vmap(one)(jax.random.split(key, niters)), axis=0) & finite
-    return AggOut(_mean_of(g, keep), keep)
+        # a Python loop, not vmap: the batched gather and batched sort of the vmapped form cost
+        # 3-5x more on CPU than niters separate ones
+        keep = finite
+        for k in jax.random.split(key, niters):
+            keep = keep & one(k)
+        return AggOut(_mean_of(g, keep), keep)
+
+    return _guarded("dnc", updates, weights, impl)
+
+
+def sample_without_replacement(key, d: int, b: int):
+    """``b`` distinct indices drawn uniformly from ``range(d)`` (a uniformly random b-subset, in
+    random order), without the O(d log d) permutation of ``jax.random.choice(replace=False)``
+    (0.4 s for d = 1e6 on CPU, more than DnC itself).
+
+    Draw ``b`` indices with replacement, then redraw, round after round, every position that
+    repeats an earlier one. The procedure treats all ``d`` values alike (it is equivariant under
+    any relabelling of ``range(d)``), so the final set is uniform over the b-subsets; for
+    ``b << d`` about ``b^2 / 2d`` positions are redrawn, in one or two rounds."""
+    if not 0 < b <= d:
+        raise ValueError(f"sample_without_replacement: need 0 < b={b} <= d={d}")
+
+    def dup_mask(idx):
+        order = jnp.argsort(idx, stable=True)
+        srt = idx[order]
+        dup_sorted = jnp.concatenate([jnp.zeros((1,), bool), srt[1:] == srt[:-1]])
+        return jnp.zeros((b,), bool).at[order].set(dup_sorted)
+
+    def cond(c):
+        return jnp.any(c[2])
+
+    def body(c):
+        k, idx, dup = c
+        k, sub = jax.random.split(k)
+        idx = jnp.where(dup, jax.random.randint(sub, (b,), 0, d), idx)
+        return k, idx, dup_mask(idx)
+
+    k0, k1 = jax.random.split(key)
+    idx = jax.random.randint(k1, (b,), 0, d)
+    return lax.while_loop(cond, body, (k0, idx, dup_mask(idx)))[1]
 
 
 # ----------------------------------------------------------------------------------------------
