@@ -6,7 +6,8 @@ implementation of the same formula, measured in the same process.
 Inputs: ``updates [n, d]`` float32 N(0, 1) with f rows shifted (attackers), uniform weights.
 NumPy baselines use float32 too; pairwise distances come from one Gram matrix; medians and
 trimming take the faster of ``np.sort`` and ``np.partition`` (both are timed, the faster is used).
-Times are the best of ``repeats`` runs after one warm-up (JAX compile time is printed apart).
+Times are the best of ``repeats`` rounds after one warm-up, the two sides alternating call by call
+(JAX compile time is printed apart); the load average is printed at the start and the end.
 FLAME's HDBSCAN runs on the host in both versions (sklearn).
 """
 
@@ -199,7 +200,8 @@ def main(argv=None):
     print(f"# {' '.join(['python -m benchmarks.aggregators'] + (argv if argv is not None else sys.argv[1:]))}")
     print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), "
           f"{platform.platform()}; jax {jax.__version__} on {jax.default_backend()}, numpy {np.__version__}")
-    print(f"# n={n} clients, d={d} parameters, f={f}; best of {args.repeats} after a warm-up; float32")
+    print(f"# n={n} clients, d={d} parameters, f={f}; best of {args.repeats} interleaved rounds after a warm-up; "
+          f"float32; load average {os.getloadavg()[0]:.2f}")
     rng = np.random.default_rng(0)
     g = rng.standard_normal((n, d), dtype=np.float32)
     g[:f] += 3.0
@@ -220,14 +222,20 @@ def main(argv=None):
         t0 = time.perf_counter()
         out_j = np.asarray(jax.block_until_ready(jf(gj, wj, key, state)))
         t_compile = time.perf_counter() - t0
-        t_jax = best_of(lambda: jax.block_until_ready(jf(gj, wj, key, state)), args.repeats)
         extra = (g0,) if name == "fltrust" else (hist,) if name == "foolsgold" else ()
         npf = np_rules[name]
-        out_n = npf(g, w, *extra)
+        out_n = npf(g, w, *extra)   # warm-up (and NumPy variant choice)
         out_n = out_n[0] if isinstance(out_n, tuple) else out_n
-        t_np = best_of(lambda: npf(g, w, *extra), args.repeats)
+        # interleaved, one call of each per round, so that a burst of load on the shared machine
+        # lands on both sides alike; best of the rounds for each
+        t_jax, t_np = [], []
+        for _ in range(args.repeats):
+            t_jax.append(best_of(lambda: jax.block_until_ready(jf(gj, wj, key, state)), 1))
+            t_np.append(best_of(lambda: npf(g, w, *extra), 1))
+        t_jax, t_np = min(t_jax), min(t_np)
         diff = float(np.max(np.abs(out_j - out_n))) if name not in ("dnc", "flame") else float("nan")
         print(f"{name:14s} {t_np:9.3f} {t_jax:9.3f} {t_np / t_jax:8.2f}x {t_compile:10.1f}  {diff:.2e}", flush=True)
+    print(f"# load average at the end {os.getloadavg()[0]:.2f}")
     print("# dnc/flame: max|diff| not compared (different random coordinate samples / noise draws)")
     print("# numpy variants used: " + "; ".join(f"{'/'.join(k)} -> {v}" for k, v in _CHOICE.items()))
 

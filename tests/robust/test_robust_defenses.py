@@ -336,3 +336,11 @@ def test_fedavg_flags_a_nan_row_even_with_weight_zero_inside_jit():
     out = jax.jit(D.fedavg_mean)(jnp.asarray(g), jnp.asarray(w))
     assert np.asarray(out.benign).tolist() == [True, True, False, True, True, True]
     np.testing.assert_allclose(np.asarray(out.update), np.delete(g, 2, 0).mean(0), rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 40), st.integers(0, 10_000), st.booleans())
+def test_sorting_network_sorts_any_row_count_with_ties(n, seed, ties):
+    rng = np.random.default_rng(seed)
+    x = (rng.integers(-3, 4, (n, 9)) if ties else rng.standard_normal((n, 9))).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(D.sort_rows(jnp.asarray(x))), np.sort(x, axis=0))
