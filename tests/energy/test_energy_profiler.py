@@ -18,7 +18,16 @@ def test_conv_flops_and_shapes_closed_form():
     assert p[0].train_flops == 3 * (2.0 * 4 * 8 * 8 * 8 * 3 * 25 + 4 * 8 * 8 * 8)
     assert p[2].n_params == 128 * 10 + 10
     assert p[0].features["pos"] == 1 and p[2].features["pos"] == 2
+    assert p[1].features["max"] == 2
     assert P.network_train_flops(net) == pytest.approx(sum(q.train_flops for q in p))
+
+
+def test_position_feature_marks_layers_that_backprop_reaches():
+    """pos = 2 only after a layer with parameters: in Act -> Pool -> Conv -> Pool(avg) the first
+    three never receive an input gradient."""
+    p = P.place(Network((8, 8, 3), (Act("relu"), Pool(2), Conv(4), Pool(2, "avg")), batch=2))
+    assert [q.features["pos"] for q in p] == [1, 1, 1, 2]
+    assert [q.features["max"] for q in p if q.kind == "pool"] == [2, 1]
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -92,15 +92,18 @@ _KIND_OF = {Conv: "conv", Dense: "dense", BatchNorm: "bn", Pool: "pool", Act: "a
 _SPEC_OF = {v: k for k, v in _KIND_OF.items()}
 LAYER_KINDS = tuple(_KIND_OF.values())
 
-# GP input features per layer kind (all positive, log-scaled by the GP). ``pos`` is 1 for the
-# first layer of a network (no input gradient is computed) and 2 otherwise; ``flops`` and
-# ``bytes`` are derived training FLOPs and bytes. [our choice: systems.md's proposed features plus
-# position, FLOPs and bytes.] "fixed" is the empty network P0 (per-iteration overhead).
+# GP input features per layer kind (all positive, log-scaled by the GP). ``pos`` is 1 when no
+# layer with parameters precedes the layer (backprop stops there: its input gradient is never
+# computed, which roughly halves a conv's or a max-pool's backward) and 2 otherwise; ``max`` is 2
+# for max pooling and 1 for average pooling (max pooling's backward is a select-and-scatter,
+# 5-20x an average pool's on XLA:CPU); ``flops`` and ``bytes`` are derived training FLOPs and
+# bytes. [our choice: systems.md's proposed features plus these.] "fixed" is the empty network P0
+# (per-iteration overhead).
 FEATURES = {
     "conv": ("cin", "cout", "kernel", "stride", "h", "w", "batch", "pos", "flops", "bytes"),
     "dense": ("fin", "fout", "batch", "pos", "flops", "bytes"),
     "bn": ("c", "hw", "batch", "pos", "flops", "bytes"),
-    "pool": ("c", "h", "w", "window", "batch", "pos", "flops", "bytes"),
+    "pool": ("c", "h", "w", "window", "max", "batch", "pos", "flops", "bytes"),
     "act": ("elems", "batch", "pos", "flops", "bytes"),
     "lstm": ("fin", "hidden", "steps", "batch", "pos", "flops", "bytes"),
     "fixed": ("elems", "batch"),
@@ -198,8 +201,8 @@ def _out_shape_and_fwd(spec, kind, s, batch):
     raise TypeError(kind)
 
 
-def _features(kind, spec, s, out, batch, pos, flops, nbytes):
-    common = {"batch": batch, "pos": 1 if pos == 0 else 2, "flops": flops, "bytes": nbytes}
+def _features(kind, spec, s, out, batch, grad_in, flops, nbytes):
+    common = {"batch": batch, "pos": 2 if grad_in else 1, "flops": flops, "bytes": nbytes}
     if kind == "conv":
         return {"cin": s[2], "cout": spec.features, "kernel": spec.kernel, "stride": spec.stride,
                 "h": s[0], "w": s[1], **common}
@@ -208,7 +211,7 @@ def _features(kind, spec, s, out, batch, pos, flops, nbytes):
     if kind == "bn":
         return {"c": s[-1], "hw": int(np.prod(s[:-1])) if len(s) > 1 else 1, **common}
     if kind == "pool":
-        return {"c": s[2], "h": s[0], "w": s[1], "window": spec.window, **common}
+        return {"c": s[2], "h": s[0], "w": s[1], "window": spec.window, "max": 2 if spec.kind == "max" else 1, **common}
     if kind == "act":
         return {"elems": int(np.prod(s)), **common}
     if kind == "lstm":
@@ -226,13 +229,15 @@ def place(net: Network) -> list[PlacedLayer]:
     if not s or any(v < 1 for v in s):
         raise ValueError(f"input_shape={net.input_shape}: needs positive dimensions")
     out = []
+    grad_in = False  # does a layer with parameters come before (so backprop reaches this layer's input)?
     for i, spec in enumerate(net.layers):
         kind = layer_kind(spec)
         o, fwd, n_params = _out_shape_and_fwd(spec, kind, s, net.batch)
         train_flops = 3.0 * fwd  # systems.md: backward ~ 2x forward
         act_bytes = 4.0 * net.batch * (int(np.prod(s)) + int(np.prod(o))) * 2.0  # read+write, fwd and bwd
         param_bytes = 4.0 * n_params
-        feats = _features(kind, spec, s, o, net.batch, i, train_flops, act_bytes + 3 * param_bytes)
+        feats = _features(kind, spec, s, o, net.batch, grad_in, train_flops, act_bytes + 3 * param_bytes)
+        grad_in = grad_in or n_params > 0
         out.append(PlacedLayer(kind, spec, s, tuple(o), net.batch, i, feats, train_flops, act_bytes,
                                param_bytes, n_params))
         s = tuple(o)
