@@ -92,7 +92,7 @@ def _heldout(rng, n, space):
     return [T.sample_model(rng, f, space) for f in fams], fams
 
 
-def _al_curves(cfg_al, chains, samples_by_chain, evaluate, seed, n_seeds, gp_steps):
+def _al_curves(cfg_al, chains, samples_by_chain, evaluate, seed, n_seeds, gp_steps, acquisition="log"):
     """Active learning vs random sampling, paired per seed: for each seed both strategies start
     from the same initial chains, draw from the same pool and are scored on the same held-out
     models. ``al_fraction_of_random_configs``: chains AL needed to reach random sampling's final
@@ -100,7 +100,8 @@ def _al_curves(cfg_al, chains, samples_by_chain, evaluate, seed, n_seeds, gp_ste
     kw = dict(n_init=cfg_al.al_init, n_max=min(cfg_al.al_max, len(chains)), step=cfg_al.al_step, fit_kw={"steps": gp_steps})
     var, rand = [], []
     for s in range(n_seeds):
-        var.append(T.active_learning(chains, lambda i: samples_by_chain[i], evaluate, strategy="variance", seed=seed + s, **kw))
+        var.append(T.active_learning(chains, lambda i: samples_by_chain[i], evaluate, strategy="variance", seed=seed + s,
+                                     acquisition=acquisition, **kw))
         rand.append(T.active_learning(chains, lambda i: samples_by_chain[i], evaluate, strategy="random", seed=seed + s, **kw))
     ns = [p["n_chains"] for p in var[0]]
 
@@ -117,7 +118,10 @@ def _al_curves(cfg_al, chains, samples_by_chain, evaluate, seed, n_seeds, gp_ste
     rand_mean = [float(np.mean([c[j]["score"] for c in rand])) for j in range(len(ns))]
     hit = reach(var_mean, rand_mean[-1])
     fr = [p["fraction"] for p in per_seed]
-    return {"acquisition": "greedy conditional variance of the chain's log cost (kriging believer batches) [our choice]",
+    what = {"log": "the chain's log cost", "linear": "the chain's cost in joules (linear units)",
+            "layers": "the sum of the chain's per-layer log costs"}[acquisition]
+    return {"acquisition": f"greedy conditional variance of {what} (kriging believer batches) [our choice]",
+            "acquisition_key": acquisition, "step": cfg_al.al_step, "init": cfg_al.al_init, "seed_first": seed,
             "n_chains": ns, "variance": var_mean, "random_mean": rand_mean, "seeds": n_seeds,
             "variance_runs": [[p["score"] for p in c] for c in var], "random_runs": [[p["score"] for p in c] for c in rand],
             "random_final_mape": rand_mean[-1], "al_chains_to_reach_random_final": hit, "random_chains": ns[-1],
@@ -147,14 +151,35 @@ def study_sim(cfg, wd: Workdir, log) -> dict:
             out.update(mape_thor=res["thor"], mape_flops=res["flops"], mape_neuralpower=res["neuralpower"],
                        per_family=res["per_family"], band_coverage=res["band_coverage"])
             out["scatter"] = {"truth": truth, **{k: pred[k] for k in ("thor", "flops", "neuralpower")}, "family": fams}
-            sbc = _chain_samples(chains, costs)
-            al = _al_curves(cfg.sim, chains, sbc,
-                            lambda m: T.mape([T.estimate(m, n).total for n in held], truth), cfg.seed,
-                            cfg.sim.al_random_seeds, cfg.gp_steps)
-            out["active_learning"] = al
+            out["active_learning"] = _sim_al(cfg, space, meter, dev, chains, costs, held, truth)
+            al = out["active_learning"]
             for n, v, r in zip(al["n_chains"], al["variance"], al["random_mean"]):
                 log(study="sim_al", n_chains=n, mape_variance=v, mape_random=r)
     return out
+
+
+def _sim_al(cfg, space, meter, dev, chains, costs, held, truth) -> dict:
+    """Active learning vs random sampling on the simulated device (gamma 0).
+
+    With ``cfg.sim.al_pool_chains > 0`` [our choice] the candidate pool is its own, larger draw
+    from the design space (``al_pool_chains`` chains, stream ``cfg.seed + 1000 + al_stream``), with
+    its own held-out models from the same stream: with the study's 80-chain pool and a 60-chain
+    budget, random sampling ends with 3/4 of the pool, so neither strategy has much to choose.
+    Both strategies draw from the same pool. ``al_stream`` lets settings be chosen on one draw
+    (pool, held-out models, seeds) and confirmed on a fresh one."""
+    sc = cfg.sim
+    if sc.al_pool_chains > 0:
+        rng = np.random.default_rng(cfg.seed + 1000 + sc.al_stream)
+        chains = [T.sample_chain(rng, space) for _ in range(sc.al_pool_chains)]
+        held, _ = _heldout(rng, sc.heldout, space)
+        costs = _profile_chains(meter, chains, None, "sim profile AL pool")
+        truth = [dev.iteration_cost([p.cost_record() for p in P.place(n)]).joules for n in held]
+    al = _al_curves(sc, chains, _chain_samples(chains, costs),
+                    lambda m: T.mape([T.estimate(m, n).total for n in held], truth),
+                    cfg.seed + sc.al_seed_offset, sc.al_random_seeds, cfg.gp_steps, sc.al_acquisition)
+    al.update(pool_chains=len(chains), al_stream=sc.al_stream if sc.al_pool_chains > 0 else None,
+              heldout_models=len(held))
+    return al
 
 
 def _kinds(net) -> set:

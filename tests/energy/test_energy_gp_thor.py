@@ -233,3 +233,24 @@ def test_batch_selection_conditions_on_earlier_picks(sim_setup, additive_fit):
     assert cond[-1] < 0.5 * scores[10]
     assert T.select_batch(model, pool, range(len(pool)), 2) == [10, rest[int(np.argmax(cond))]]
     assert np.all(np.array(cond) <= np.array([scores[i] for i in rest]) + 1e-9)  # conditioning never adds variance
+
+
+def test_acquisition_variants_agree_with_lognormal_moments(sim_setup, additive_fit):
+    chains, _ = sim_setup
+    _, model = additive_fit
+    pool = list(chains[:8])
+    for c in pool:
+        terms = T._chain_terms(c)
+        mu, cov = T._predict_terms(model, terms, full_cov=True)
+        mu, cov = np.asarray(mu, np.float64), np.asarray(cov, np.float64)
+        # moments of a sum of jointly log-normal terms, written out term by term
+        mean = sum(math.exp(mu[i] + cov[i, i] / 2) for i in range(len(mu)))
+        var = sum(math.exp(mu[i] + mu[j] + (cov[i, i] + cov[j, j]) / 2) * (math.exp(cov[i, j]) - 1)
+                  for i in range(len(mu)) for j in range(len(mu)))
+        assert T.chain_variance(model, c, "linear") == pytest.approx(var, rel=1e-6)
+        assert T.chain_variance(model, c, "log") == pytest.approx(math.log1p(var / mean ** 2), rel=1e-6)
+        assert T.chain_variance(model, c, "layers") == pytest.approx(float(np.trace(cov)), rel=1e-6)
+    lin = [T.chain_variance(model, c, "linear") for c in pool]
+    assert T.select_batch(model, pool, range(len(pool)), 1, "linear") == [int(np.argmax(lin))]
+    with pytest.raises(ValueError, match="acquisition"):
+        T.select_batch(model, pool, range(len(pool)), 1, "entropy")

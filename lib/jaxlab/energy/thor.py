@@ -146,8 +146,13 @@ def _chain_terms(chain: Network):
     return _terms(Network(chain.input_shape, chain.layers, chain.batch, None))
 
 
-def _pool_scores(model: ThorModel, chains: Sequence[Network]) -> np.ndarray:
+ACQUISITIONS = ("log", "linear", "layers")
+
+
+def _pool_scores(model: ThorModel, chains: Sequence[Network], acquisition: str = "log") -> np.ndarray:
     """:func:`chain_variance` of many chains with one GP call per kind."""
+    if acquisition not in ACQUISITIONS:
+        raise ValueError(f"acquisition={acquisition!r}: use one of {ACQUISITIONS}")
     terms, owner = [], []
     for j, c in enumerate(chains):
         t = _chain_terms(c)
@@ -166,12 +171,15 @@ def _pool_scores(model: ThorModel, chains: Sequence[Network]) -> np.ndarray:
         if j in bad:
             continue
         sel = np.flatnonzero(own == j)
+        if acquisition == "layers":
+            scores[j] = float(np.sum(np.diag(cov)[sel]))
+            continue
         _, mean, var = _sum_moments(mu[sel], cov[np.ix_(sel, sel)])
-        scores[j] = np.log1p(var / mean ** 2)
+        scores[j] = np.log1p(var / mean ** 2) if acquisition == "log" else var
     return scores
 
 
-def chain_variance(model: ThorModel, chain: Network) -> float:
+def chain_variance(model: ThorModel, chain: Network, acquisition: str = "log") -> float:
     """Acquisition score of a candidate chain: the predictive variance of the chain's log total
     cost, ``log(1 + Var[C] / E[C]^2)`` for ``C = fixed + sum of its layers`` (jointly log-normal).
 
@@ -179,8 +187,13 @@ def chain_variance(model: ThorModel, chain: Network) -> float:
     weighs by its share of the cost: a tiny activation whose subtracted cost is mostly noise does
     not dominate the pick, as it did with a sum of per-layer log variances. A chain with a kind
     that has no GP yet scores +inf (it must be profiled first).
+
+    ``acquisition`` [our choice, compared in the experiment]: ``'log'`` (above, the default),
+    ``'linear'``: ``Var[C]`` in cost units (favours expensive chains, whose errors dominate
+    whole-model totals), ``'layers'``: the sum of the terms' log variances (every layer weighs
+    the same, whatever its share of the cost).
     """
-    return float(_pool_scores(model, [chain])[0])
+    return float(_pool_scores(model, [chain], acquisition)[0])
 
 
 def _believe_chain(model: ThorModel, chain: Network) -> ThorModel:
@@ -201,7 +214,8 @@ def _believe_chain(model: ThorModel, chain: Network) -> ThorModel:
     return ThorModel(gps, model.n_samples)
 
 
-def select_batch(model: ThorModel, pool: Sequence[Network], candidates: Sequence[int], k: int) -> list[int]:
+def select_batch(model: ThorModel, pool: Sequence[Network], candidates: Sequence[int], k: int,
+                 acquisition: str = "log") -> list[int]:
     """``k`` chains from ``candidates`` (indices into ``pool``) by greedy conditional variance.
 
     Pick the chain of largest :func:`chain_variance`, pretend it was profiled (the GP variance
@@ -212,7 +226,7 @@ def select_batch(model: ThorModel, pool: Sequence[Network], candidates: Sequence
     rest = [int(i) for i in candidates]
     pick: list = []
     for _ in range(min(k, len(rest))):
-        scores = _pool_scores(model, [pool[i] for i in rest])
+        scores = _pool_scores(model, [pool[i] for i in rest], acquisition)
         j = int(np.argmax(scores))  # first max: stable
         i = rest.pop(j)
         pick.append(i)
@@ -223,7 +237,7 @@ def select_batch(model: ThorModel, pool: Sequence[Network], candidates: Sequence
 
 def active_learning(pool: Sequence[Network], samples_of: Callable[[int], list], evaluate: Callable[[ThorModel], float],
                     *, n_init: int, n_max: int, step: int, strategy: str = "variance", seed: int = 0,
-                    fit_kw: dict | None = None) -> list[dict]:
+                    fit_kw: dict | None = None, acquisition: str = "log") -> list[dict]:
     """Pool-based active learning over candidate chains.
 
     pool: candidate chains; samples_of(i) -> LayerSamples of chain i (profiles it, or reads the
@@ -231,8 +245,11 @@ def active_learning(pool: Sequence[Network], samples_of: Callable[[int], list], 
     ``n_init`` chains drawn with ``seed`` (the same start for both strategies), then adds ``step``
     chains per round up to ``n_max``: by greedy conditional variance (:func:`select_batch`,
     ``strategy='variance'``) or in random order (``'random'``, the order also drawn with ``seed``).
+    ``acquisition``: the variance scored by :func:`chain_variance`.
     Returns ``[{n_chains, score, chosen}]`` per round.
     """
+    if acquisition not in ACQUISITIONS:
+        raise ValueError(f"acquisition={acquisition!r}: use one of {ACQUISITIONS}")
     if strategy not in ("variance", "random"):
         raise ValueError(f"strategy={strategy!r}: use 'variance' or 'random'")
     if not (0 < n_init <= n_max <= len(pool)) or step < 1:
@@ -253,7 +270,7 @@ def active_learning(pool: Sequence[Network], samples_of: Callable[[int], list], 
         if strategy == "random":
             pick = [i for i in order if i not in taken][:k]
         else:
-            pick = select_batch(model, pool, [i for i in range(len(pool)) if i not in taken], k)
+            pick = select_batch(model, pool, [i for i in range(len(pool)) if i not in taken], k, acquisition)
         chosen = chosen + pick
 
 
