@@ -7,8 +7,10 @@ python -m experiments.cgi_dm --workdir=/tmp/cgi_dm --config=experiments/configs/
    classifier on 0-8 whose penultimate layer is the feature space of the cosine score.
 2. Class 9 is split into disjoint (membership, hold-out) pairs. For each of ``n_target_models`` +
    ``n_shadow_models`` pairs, the pretrained model is fine-tuned on the membership set only (label 9).
-3. Every member and hold-out is masked (2x2-cell checkerboard, 50 % kept) and recovered by PGD on
-   (a) the contrastive loss with shared noise [our default], (b) with independent noise (authors' code),
+3. Every member and hold-out is masked (2x2-cell checkerboard, 50 % kept; with ``mask_phases=2`` also the
+   complementary checkerboard, scores summed over both [our choice]) and recovered by PGD on
+   (a) the contrastive loss ``L_ft - w L_pre`` with shared noise and ``w = config.pre_weight`` [our default],
+   (a') the same with the paper's ``w = 1``, (b) ``w = 1`` with independent noise (authors' code),
    (c) the fine-tuned model's loss alone, (d) a random perturbation of the same norm (control).
    Baselines without inversion: (e) loss-MIA on the fine-tuned model, (f) the contrastive loss itself.
 4. Target models give AUC / TPR@1%FPR / accuracy with thresholds calibrated on the shadow models
@@ -37,11 +39,14 @@ PRETRAIN_KEYS = ("seed", "resolution", "held_out_class", "channels", "schedule",
                  "pretrain_steps", "pretrain_lr", "pretrain_batch")
 RESULT_KEYS = ("seed", "n_members", "n_holdouts", "n_target_models", "n_shadow_models", "finetune_steps",
                "finetune_lr", "finetune_batch", "mask", "mask_cell", "keep_fraction", "fill", "pgd_steps", "pgd_rms",
-               "pgd_steps_per_radius", "mc_samples", "t_max", "baseline_noise_draws")
-RECOVERY_METHODS = ("cgi_shared", "cgi_independent", "finetuned_only", "random")
+               "pgd_steps_per_radius", "mc_samples", "t_max", "baseline_noise_draws", "pre_weight",
+               "mask_phases")
+RECOVERY_METHODS = ("cgi_shared", "cgi_shared_paper_weight", "cgi_independent", "finetuned_only", "random")
 SCORE_METHODS = ("loss_mia", "contrastive_no_inversion")
 SCORES = ("neg_l2", "ssim", "cosine", "split_max_cosine")
-LABELS = {"cgi_shared": "CGI-DM (shared noise, ours)", "cgi_independent": "CGI-DM (independent noise, authors' code)",
+LABELS = {"cgi_shared": "CGI-DM (shared noise, pre_weight w, ours)",
+          "cgi_shared_paper_weight": "CGI-DM (shared noise, paper's contrast w=1)",
+          "cgi_independent": "CGI-DM (independent noise, w=1, authors' code)",
           "finetuned_only": "inversion, fine-tuned model only", "random": "random perturbation (control)",
           "loss_mia": "loss MIA (fine-tuned)", "contrastive_no_inversion": "contrastive loss, no inversion"}
 
@@ -140,6 +145,14 @@ def _mask(config):
     raise ValueError(f"mask={config.mask!r}: use 'checkerboard' or 'random_blocks'")
 
 
+def _phase_masks(config, mask):
+    """``[mask]`` or, with ``mask_phases=2`` [our choice], ``[mask, 1 - mask]``: every pixel is removed and
+    recovered once, and the similarity score is the sum over both recoveries (Revelio uses one mask)."""
+    if config.mask_phases not in (1, 2):
+        raise ValueError(f"mask_phases={config.mask_phases}: use 1 (the paper's single mask) or 2 (mask and complement)")
+    return [mask] if config.mask_phases == 1 else [mask, (1.0 - mask).astype(np.float32)]
+
+
 def _scores(x, rec, mask, clf, n_members):
     f_x = np.asarray(metrics.classifier_features(clf, jnp.asarray(x)))
     f_r = np.asarray(metrics.classifier_features(clf, jnp.asarray(rec, jnp.float32)))
@@ -182,13 +195,24 @@ def _model_run(wd, config, split, model, schedule, pretrained, clf, mask, object
     cond = jnp.full((len(x),), label, jnp.int32)
     params = {"ft": params_ft, "pre": pretrained}
     out = {"x": x, "n_members": np.array(len(members))}
-    for name, obj in objectives.items():
-        rec = np.asarray(cgi.recover(obj, params, x, mask, k_pgd, pgd_cfg, cond, fill=config.fill))
-        out[f"rec_{name}"] = rec
-    out["rec_random"] = np.asarray(cgi.random_perturbation(jnp.asarray(x), mask, k_rand, pgd_cfg, fill=config.fill))
+    # phase 0 removes the (1 - mask) region, phase 1 (mask_phases=2) the complementary one; each phase's
+    # recovery is stored as rec_<method> / rec_<method>_ph1 and the scores are summed over phases
+    masks = _phase_masks(config, mask)
+    sfx = lambda p: "" if p == 0 else f"_ph{p}"
+    phase_key = lambda k, p: k if p == 0 else jax.random.fold_in(k, p)
+    for p, mk in enumerate(masks):
+        for name, obj in objectives.items():
+            if name == "cgi_shared_paper_weight" and config.pre_weight == 1.0:
+                out[f"rec_{name}{sfx(p)}"] = out[f"rec_cgi_shared{sfx(p)}"]  # same objective, key, start: identical
+                continue
+            out[f"rec_{name}{sfx(p)}"] = np.asarray(cgi.recover(obj, params, x, mk, phase_key(k_pgd, p), pgd_cfg, cond,
+                                                                fill=config.fill))
+        out[f"rec_random{sfx(p)}"] = np.asarray(cgi.random_perturbation(jnp.asarray(x), mk, phase_key(k_rand, p),
+                                                                        pgd_cfg, fill=config.fill))
     for name in RECOVERY_METHODS:
-        for s, v in _scores(x, out[f"rec_{name}"], mask, clf, len(members)).items():
-            out[f"score_{name}_{s}"] = v
+        for p, mk in enumerate(masks):
+            for s, v in _scores(x, out[f"rec_{name}{sfx(p)}"], mk, clf, len(members)).items():
+                out[f"score_{name}_{s}"] = v + (out[f"score_{name}_{s}"] if p else 0.0)
     eps_fn = fewshot.eps_fn_for(model)
     out["score_loss_mia"] = cgi.loss_scores(eps_fn, params_ft, schedule, x, k_base, cond,
                                             n_noise=config.baseline_noise_draws)
@@ -295,7 +319,10 @@ def run(config, workdir) -> dict:
                              steps_per_radius=config.pgd_steps_per_radius)
     eps_fn = fewshot.eps_fn_for(model)
     mc, t_max = config.mc_samples, (config.t_max or None)
-    objectives = {"cgi_shared": cgi.contrastive_objective(eps_fn, schedule, "shared", mc_samples=mc, t_max=t_max),
+    objectives = {"cgi_shared": cgi.contrastive_objective(eps_fn, schedule, "shared", mc_samples=mc, t_max=t_max,
+                                                          pre_weight=config.pre_weight),
+                  "cgi_shared_paper_weight": cgi.contrastive_objective(eps_fn, schedule, "shared", mc_samples=mc,
+                                                                       t_max=t_max),
                   "cgi_independent": cgi.contrastive_objective(eps_fn, schedule, "independent", mc_samples=mc,
                                                                t_max=t_max),
                   "finetuned_only": cgi.finetuned_objective(eps_fn, schedule, mc_samples=mc, t_max=t_max)}
@@ -324,7 +351,7 @@ def run(config, workdir) -> dict:
         table[m] = _evaluate(targets, shadows, m, None)
     headline = {m: table[f"{m}/{config.score}"] for m in RECOVERY_METHODS}
     headline.update({m: table[m] for m in SCORE_METHODS})
-    best_baseline = max((m for m in headline if m not in ("cgi_shared", "cgi_independent")),
+    best_baseline = max((m for m in headline if not m.startswith("cgi_")),
                         key=lambda m: headline[m]["auc"])
     rows = [{"method": LABELS[m], "score": config.score if m in RECOVERY_METHODS else "loss",
              **{k: v for k, v in headline[m].items() if k not in ("tpr_fpr_at_shadow_1pct_threshold",)}}
@@ -349,10 +376,17 @@ def run(config, workdir) -> dict:
             "[our choice] fine-tuning lr %g for %d steps at batch %d" % (config.finetune_lr, config.finetune_steps,
                                                                         config.finetune_batch),
             "[our choice] %d PGD steps (Revelio: 1000); shared noise headline, independent noise beside it"
-            % config.pgd_steps],
+            % config.pgd_steps,
+            "[our choice] objective L_ft - %g * L_pre for the headline (Revelio: weight 1, run beside it as "
+            "cgi_shared_paper_weight)" % config.pre_weight,
+            "[our choice] %d mask phase(s): %s" % (config.mask_phases, "the checkerboard and its complement are "
+                                                   "each recovered, scores summed over both (every method, "
+                                                   "baselines included)" if config.mask_phases == 2 else
+                                                   "one mask (as Revelio)")],
         "headline_score": config.score,
         "headline": headline,
         "cgi_auc": headline["cgi_shared"]["auc"], "cgi_independent_auc": headline["cgi_independent"]["auc"],
+        "cgi_paper_weight_auc": headline["cgi_shared_paper_weight"]["auc"], "pre_weight": config.pre_weight,
         "cgi_tpr_at_1pct_fpr": headline["cgi_shared"]["tpr_at_1pct_fpr"],
         "best_baseline": best_baseline, "best_baseline_auc": headline[best_baseline]["auc"],
         "cgi_beats_every_baseline": bool(headline["cgi_shared"]["auc"] > headline[best_baseline]["auc"]),

@@ -275,3 +275,19 @@ def test_objective_bad_t_range():
             cgi.contrastive_objective(_toy_eps, SCHED, "shared", **kw)
         with pytest.raises(ValueError, match="t range"):
             cgi.finetuned_objective(_toy_eps, SCHED, **kw)
+
+
+def test_pre_weight_interpolates_between_finetuned_only_and_contrast():
+    """``L_ft - w L_pre`` with the same draws: linear in ``w``; w=1 is the paper's contrast."""
+    pf, pp = _toy_params(jax.random.PRNGKey(7), 16), _toy_params(jax.random.PRNGKey(8), 16)
+    x = jax.random.uniform(jax.random.PRNGKey(9), (4, 4, 4, 1), minval=-1, maxval=1)
+    key = jax.random.PRNGKey(10)
+    params = {"ft": pf, "pre": pp}
+    v = {w: np.asarray(cgi.contrastive_objective(_toy_eps, SCHED, "shared", pre_weight=w)(params, x, None, key),
+                       np.float64) for w in (0.0, 0.3, 1.0)}
+    np.testing.assert_allclose(v[1.0], np.asarray(OBJ(params, x, None, key)), rtol=1e-6)
+    l_ft, l_pre = v[0.0], v[0.0] - v[1.0]
+    assert np.all(l_ft > 0) and np.all(l_pre > 0)
+    np.testing.assert_allclose(v[0.3], l_ft - 0.3 * l_pre, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="pre_weight"):
+        cgi.contrastive_objective(_toy_eps, SCHED, "shared", pre_weight=1.5)

@@ -21,6 +21,8 @@ def _micro():
     c.finetune_steps = 4
     c.pgd_steps = 3
     c.baseline_noise_draws = 1
+    c.pre_weight = 0.5
+    c.mask_phases = 2
     return c
 
 
@@ -43,6 +45,13 @@ def test_cgi_experiment_micro_run_and_resume(tmp_path):
         keep = np.broadcast_to(np.asarray(cgi_dm.cgi.checkerboard_mask((8, 8), 2), bool)[None, :, :, None], x.shape)
         for m in cgi_dm.RECOVERY_METHODS:
             np.testing.assert_array_equal(z[f"rec_{m}"][keep], x[keep])
+            np.testing.assert_array_equal(z[f"rec_{m}_ph1"][~keep], x[~keep])  # complementary phase
+        # the w=0.5 objective and the paper's w=1 give different recoveries; scores sum both phases
+        assert not np.array_equal(z["rec_cgi_shared"], z["rec_cgi_shared_paper_weight"])
+        u = ~keep
+        l2 = lambda r, m: np.sqrt((((x - r) * m) ** 2).sum(axis=(1, 2, 3)))
+        np.testing.assert_allclose(z["score_cgi_shared_neg_l2"],
+                                   -(l2(z["rec_cgi_shared"], u) + l2(z["rec_cgi_shared_ph1"], keep)), rtol=1e-6)
         assert not np.array_equal(z["rec_cgi_shared"], x)
     with np.load(os.path.join(wd, "models", "shadow0", "result.npz")) as z:
         shadow_x = z["x"]
@@ -62,5 +71,9 @@ def test_cgi_experiment_bad_input(tmp_path):
     c.n_target_models = 40  # 41 models x 6 images > the 180 nines
     with pytest.raises(ValueError, match="has only"):
         cgi_dm.run(c, str(tmp_path / "a"))
+    c = _micro()
+    c.mask_phases = 3
+    with pytest.raises(ValueError, match="mask_phases"):
+        cgi_dm.run(c, str(tmp_path / "b"))
     with pytest.raises(ValueError, match="unknown preset"):
         get_config("huge")
