@@ -38,7 +38,7 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     # Wall clock on this CPU (seconds per iteration)
     c.wall = ml_collections.ConfigDict()
     c.wall.enabled = True
-    c.wall.pool_chains = 240  # ~6 min of profiling here; idle runs: 40 chains 24% (before the max/pos features), 120: 18%, 240: 12%, 480: 15%
+    c.wall.pool_chains = 240  # ~4-6 min of profiling; idle runs: 40 chains 24% (before the max/pos features), 120: 18%, 240: 12% (17% on a fresh re-measurement), 480: 15%
     c.wall.heldout = 24
     c.wall.windows = 9
     c.wall.min_window_s = 0.02
