@@ -30,6 +30,15 @@ PILL_DEFENSES = ("krum", "trimmed_mean", "median", "bulyan", "fltrust", "foolsgo
 PILL_ATTACKS = ("sign_flip", "fang_trim", "fang_krum", "min_max")
 
 
+def _attack_by_defense_only(c: ml_collections.ConfigDict) -> None:
+    """No Pill cells and no attacker-fraction sweep: only the attack x defense grid at one fraction."""
+    c.pill_attacks = ()
+    c.pill_defenses = ()
+    c.fractions = ()
+    c.sweep_defenses = ()
+    c.sweep_attacks = ()
+
+
 def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.preset = preset
@@ -61,11 +70,7 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
         c.rounds = 15
         c.defenses = ("fedavg", "median", "fltrust", "skymask")
         c.attacks = ("min_max",)
-        c.pill_attacks = ()
-        c.pill_defenses = ()
-        c.fractions = ()
-        c.sweep_defenses = ()
-        c.sweep_attacks = ()
+        _attack_by_defense_only(c)
     elif preset == "matrix":
         c.defenses = ALL_DEFENSES
         c.attacks = ALL_ATTACKS
@@ -79,22 +84,14 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
         # must beat; run once per fraction (--config.attacker_fraction=0.2 or 0.5)
         c.defenses = ("fedavg", "krum", "median", "fltrust", "skymask")
         c.attacks = ("none", "lie", "fang_trim", "fang_krum", "min_max", "min_sum")
-        c.pill_attacks = ()
-        c.pill_defenses = ()
-        c.fractions = ()
-        c.sweep_defenses = ()
-        c.sweep_attacks = ()
+        _attack_by_defense_only(c)
     elif preset == "skymask_adaptive":
         c.defenses = ("fedavg", "krum", "median", "fltrust", "skymask")
         c.attacks = ("none", "fltrust_adaptive_root", "fltrust_adaptive")
         # Fang's s = sign of the before-attack aggregate (NDSS'21); 'unit' = the aggregate's direction:
         #   --config.attack_hparams.fltrust_adaptive_root.direction=unit
         c.attack_hparams = {"fltrust_adaptive_root": {"direction": "sign"}, "fltrust_adaptive": {"direction": "sign"}}
-        c.pill_attacks = ()
-        c.pill_defenses = ()
-        c.fractions = ()
-        c.sweep_defenses = ()
-        c.sweep_attacks = ()
+        _attack_by_defense_only(c)
     elif preset == "pill":
         # Pill (ours) vs the same attacks without it on the matrix setting, every cell measured in
         # this one run (same code, seed and attacker fraction), plus the no-attack error of each rule
