@@ -29,12 +29,13 @@ def _inputs(cell, T=5, B=3, I=6, H=7, layers=2, D=1, seq=False, init=False, seed
 
 def _check(model, inp):
     ref = run_onnxruntime(model, inp)
-    # Unrolled per-step cells (coarsened as the partitioner sees them) and the lax.scan form.
-    for expand in (True, False):
-        g = import_onnx(model, expand_rnn=expand)
+    # Unrolled per-step cells (coarsened as the partitioner sees them), chunks of 2 steps (T=5:
+    # chunks of 2, 2 and a single cell) and of the whole sequence, and the lax.scan form.
+    for expand, chunk in ((True, 1), (True, 2), (True, 64), (False, 1)):
+        g = import_onnx(model, expand_rnn=expand, rnn_chunk=chunk)
         out = evaluate(fuse_light_chains(g) if expand else g, inp)
         for k in ref:
-            np.testing.assert_allclose(out[k], ref[k], atol=TOL, rtol=TOL, err_msg=f"{k} expand={expand}")
+            np.testing.assert_allclose(out[k], ref[k], atol=TOL, rtol=TOL, err_msg=f"{k} expand={expand} chunk={chunk}")
     return ref
 
 
@@ -111,6 +112,25 @@ def test_expansion_exposes_layer_time_wavefront():
                 anc.add(p); stack.append(p)
     layer0_fwd = [i for i in anc if g.ops[i].group == "lstm_0/d0" and g.ops[i].heavy]
     assert len(layer0_fwd) == 1, "layer 1 step 0 should wait only for layer 0 forward step 0"
+
+
+def test_chunked_expansion_keeps_the_wavefront_at_chunk_grain():
+    T, L, k = 8, 3, 4
+    model = make_rnn_model("GRU", input_size=5, hidden=6, layers=L, seq_len=T, batch=2)
+    g = fuse_light_chains(import_onnx(model, rnn_chunk=k))
+    chunks = [i for i, op in enumerate(g.ops) if "GRUChunk" in op.kind]
+    assert len(chunks) == L * T // k and not any("GRUCell" in op.kind for op in g.ops)
+    # layer 1's first chunk waits for layer 0's first chunk only, not for its second
+    preds = op_preds(g)
+    target = next(i for i in chunks if g.ops[i].group == "gru_1/d0" and "gru_1/d0/t0-3/h" in g.ops[i].outputs)
+    anc, stack = set(), [target]
+    while stack:
+        for p in preds[stack.pop()]:
+            if p not in anc:
+                anc.add(p); stack.append(p)
+    assert [g.ops[i].outputs[0] for i in anc if i in chunks] == ["gru_0/d0/t0-3/h"]
+    with pytest.raises(ValueError, match="rnn_chunk"):
+        import_onnx(model, rnn_chunk=0)
 
 
 def test_compiled_single_device_scan_matches_onnxruntime():

@@ -22,7 +22,8 @@ __all__ = ["ValueInfo", "Op", "Graph", "consumers", "producers", "op_preds", "op
 
 # Operators that carry most of the arithmetic; two heavy ops are never fused into one scheduling
 # unit, so the parallelism across layers, directions and time stays visible to the partitioner.
-HEAVY_KINDS = frozenset({"LSTMCell", "GRUCell", "RNNCell", "LSTM", "GRU", "RNN", "MatMul", "Gemm"})
+HEAVY_KINDS = frozenset({"LSTMCell", "GRUCell", "RNNCell", "LSTMChunk", "GRUChunk", "RNNChunk", "LSTM", "GRU", "RNN",
+                         "MatMul", "Gemm"})
 
 
 class ValueInfo(NamedTuple):

@@ -62,9 +62,10 @@ def _s(x):
 
 
 class _Builder:
-    def __init__(self, opset: int, expand_rnn: bool):
+    def __init__(self, opset: int, expand_rnn: bool, rnn_chunk: int = 1):
         self.opset = opset
         self.expand_rnn = expand_rnn
+        self.rnn_chunk = rnn_chunk
         self.ops: list[Op] = []
         self.values: dict = {}
         self.constants: dict = {}
@@ -522,8 +523,14 @@ def _rnn_node(b, node, ins, outs, at):
         step = _cell_math(p, d)
         Wt, Rt, bW, bR, Pd = consts[d]
         h_prev, c_prev = None, None
-        for k in range(T):
-            t = T - 1 - k if reverse else k
+        chunk = max(1, int(b.rnn_chunk))
+        for k0 in range(0, T, chunk):
+            steps = [T - 1 - k if reverse else k for k in range(k0, min(k0 + chunk, T))]
+            if len(steps) > 1:
+                h_prev, c_prev = _emit_chunk(b, p, d, steps, xs, X, consts[d], step, h_prev, c_prev, h0, c0, seq,
+                                             (B, H), flops_step, base, ys)
+                continue
+            t = steps[0]
             x_in = xs[t] if xs is not None else X
             x_mode = "slice" if xs is not None else "full"
             h_mode = "prev" if h_prev else ("init" if h0 else "zero")
@@ -607,6 +614,94 @@ def _make_cell_fn(step, names, d, x_mode, h_mode, c_mode, B, H, kind):
             y = h_new
         out = (h_new, y.reshape(1, 1, B, H))
         return out + ((c_new,) if kind == "LSTM" else ())
+    return fn
+
+
+def _emit_chunk(b, p, d, steps, xs, X, consts_d, step, h_prev, c_prev, h0, c0, seq, dims, flops_step, base, ys):
+    """Emits the consecutive time steps ``steps`` (processing order) of direction ``d`` as one
+    ``{kind}Chunk`` operator: the chunk's input projection as one matmul, then its cells in sequence.
+    Outputs ``h`` (and ``c``) after the chunk and every step's ``y`` slice under the same names as
+    the cell expansion, so time-preserving consumers still see per-step values (the wavefront across
+    layers survives at chunk granularity). Returns the (h, c) value names."""
+    kind = p["kind"]
+    B, H = dims
+    Wt, Rt, bW, bR, Pd = consts_d
+    n = len(steps)
+    sign = 1 if steps[-1] > steps[0] else -1
+    x_mode = "slice" if xs is not None else "full"
+    h_mode = "prev" if h_prev else ("init" if h0 else "zero")
+    c_mode = "none" if kind != "LSTM" else ("prev" if c_prev else ("init" if c0 else "zero"))
+    names, vals = [], []
+    if x_mode == "slice":
+        for j, t in enumerate(steps):
+            names.append(f"x{j}"); vals.append(xs[t])
+    else:
+        names.append("x"); vals.append(X)
+    names += ["W", "R", "bW", "bR"]
+    vals += [Wt, Rt, bW, bR]
+    if Pd is not None:
+        names.append("P"); vals.append(Pd)
+    if h_mode != "zero":
+        names.append("h"); vals.append(h_prev or h0)
+    if c_mode in ("prev", "init"):
+        names.append("c"); vals.append(c_prev or c0)
+    if seq:
+        names.append("seq"); vals.append(seq)
+    if x_mode == "full" or seq:
+        # first step index as an argument (not a closure constant): equal chunks share one executable
+        names.append("t"); vals.append(b.const(f"{base}/step{steps[0]}", np.array(steps[0], np.int32)))
+    fn = _make_chunk_fn(step, tuple(names), d, x_mode, h_mode, c_mode, B, H, kind, n, sign)
+    tag = f"{base}/d{d}/t{steps[0]}-{steps[-1]}"
+    y_names = [f"{base}/d{d}/t{t}/y" for t in steps]
+    o_names = [f"{tag}/h"] + ([f"{tag}/c"] if kind == "LSTM" else []) + y_names
+    b.emit(f"{kind}Chunk", vals, o_names, fn,
+           (tuple(names), d, x_mode, h_mode, c_mode, bool(seq), n, sign, tuple(p["acts"]), p["clip"],
+            p["input_forget"], p["lbr"]), flops_step * n, group=f"{base}/d{d}", heavy=True)
+    for t, y in zip(steps, y_names):
+        ys[t][d] = y
+    return o_names[0], (o_names[1] if kind == "LSTM" else None)
+
+
+def _make_chunk_fn(step, names, d, x_mode, h_mode, c_mode, B, H, kind, n, sign):
+    def fn(*args):
+        jax, jnp = _jax(), _jnp()
+        a = dict(zip(names, args))
+        if x_mode == "full":
+            first = a["t"] if sign > 0 else a["t"] - (n - 1)
+            x = jax.lax.dynamic_slice_in_dim(a["x"], first, n, axis=0)   # [n, B, I], time order
+            x = x[::-1] if sign < 0 else x                                # processing order
+        else:
+            x = jnp.concatenate([a[f"x{j}"] for j in range(n)], axis=0)  # [n, B, I]
+        dt = x.dtype
+        h = jnp.zeros((B, H), dt) if h_mode == "zero" else (a["h"][d] if h_mode == "init" else a["h"])
+        if c_mode == "zero":
+            c = jnp.zeros((B, H), dt)
+        elif c_mode == "init":
+            c = a["c"][d]
+        elif c_mode == "prev":
+            c = a["c"]
+        else:
+            c = h
+        xw = (x.reshape(n * B, -1) @ a["W"]).reshape(n, B, -1) + a["bW"]
+        t0 = a["t"] if "t" in a else jnp.int32(0)
+        seqv = a["seq"].astype(jnp.int32) if "seq" in a else None
+
+        # a lax.scan over the chunk, as the single-device path: XLA:CPU runs straight-line unrolled
+        # cells markedly slower than the same cells in a loop body
+        def body(carry, inp):
+            h, c = carry
+            xw_j, j = inp
+            hn, cn = step(xw_j, h, c, a["R"], a["bR"], a.get("P"))
+            if seqv is not None:
+                m = ((t0 + sign * j) < seqv)[:, None]
+                hn, cn = jnp.where(m, hn, h), jnp.where(m, cn, c)
+                y = jnp.where(m, hn, 0.0)
+            else:
+                y = hn
+            return (hn, cn), y
+        (h, c), y = jax.lax.scan(body, (h, c), (xw, jnp.arange(n, dtype=jnp.int32)))
+        ys = [y[j].reshape(1, 1, B, H) for j in range(n)]
+        return (h,) + ((c,) if kind == "LSTM" else ()) + tuple(ys)
     return fn
 
 
@@ -698,18 +793,25 @@ def _load(model):
     return model
 
 
-def import_onnx(model, input_shapes: dict | None = None, expand_rnn: bool = True) -> Graph:
+def import_onnx(model, input_shapes: dict | None = None, expand_rnn: bool = True, rnn_chunk: int = 1) -> Graph:
     """Builds the operator DAG of an ONNX model.
 
     model: onnx.ModelProto, serialized bytes or a file path. input_shapes: {input name: shape}
     for inputs whose ONNX shape has symbolic dims (static shapes are required). expand_rnn: unroll
     LSTM/GRU/RNN into per-step cell operators (True) or keep one lax.scan operator per node.
+    rnn_chunk (with expand_rnn=True): time steps per operator; 1 gives one cell per step, k > 1
+    one ``{kind}Chunk`` operator per k consecutive steps of a direction (its input projection as
+    one matmul), still with per-step outputs, so the layer x time wavefront and the directions
+    stay visible at a coarser grain: fewer dispatches per request [our choice: the granularity
+    knob; systems.md §3.4 notes per-op dispatch costs tens of µs].
     Returns a Graph whose ops are topologically ordered, constant-folded and dead-code free.
     """
     import onnx
+    if isinstance(rnn_chunk, bool) or not isinstance(rnn_chunk, (int, np.integer)) or rnn_chunk < 1:
+        raise ValueError(f"rnn_chunk={rnn_chunk!r}: must be an integer >= 1 (time steps per RNN operator)")
     model = _load(model)
     opset = max([o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] or [13])
-    b = _Builder(opset, expand_rnn)
+    b = _Builder(opset, expand_rnn, int(rnn_chunk))
     g = model.graph
     for init in g.initializer:
         b.const(init.name, onnx.numpy_helper.to_array(init))
