@@ -387,17 +387,26 @@ def exact_milp(pb: Problem, time_limit_s: float = 60.0) -> dict:
 
 
 def make_segments(pb: Problem, sched: Schedule) -> tuple:
-    """Cuts each device's op order into fused segments: a segment starts at an op that reads from
-    another device and ends after an op whose output another device reads."""
+    """Cuts each device's op order into fused segments (one dispatch each).
+
+    A segment is cut before an op that reads a value from another device which, in the op-level
+    schedule, is finished only after the segment's first op started (it would stall the ops
+    already in the segment), and after an op whose output another device reads when that
+    consumer is scheduled to start before the next op of this device ends (holding the value
+    back to the end of a longer segment would delay it) [our choice: the schedule decides; the old
+    rule cut at every cross-device edge and left e.g. 16 per-step concats of a bidirectional
+    layer as 16 dispatches]. No cycle can arise: a value that depends on the segment's own ops
+    finishes after its first op starts, so its consumer opens a new segment."""
     pl = sched.placement
     segs = []
     for d, order in enumerate(sched.orders):
         cur = []
-        for i in order:
-            if cur and any(pl[p] != d for p, _ in pb.preds[i]):
+        for n, i in enumerate(order):
+            if cur and any(pl[p] != d and sched.finish[p] > sched.start[cur[0]] for p, _ in pb.preds[i]):
                 segs.append(Segment(d, tuple(cur))); cur = []
             cur.append(i)
-            if any(pl[j] != d for j, _ in pb.succs[i]):
+            nxt = order[n + 1] if n + 1 < len(order) else None
+            if nxt is not None and any(pl[j] != d and sched.start[j] < sched.finish[nxt] for j, _ in pb.succs[i]):
                 segs.append(Segment(d, tuple(cur))); cur = []
         if cur:
             segs.append(Segment(d, tuple(cur)))
