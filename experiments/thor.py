@@ -208,11 +208,28 @@ def _cover_kinds(rng, space, chains, held, min_chains: int = 3, max_tries: int =
     return chains
 
 
+CHAIN_SOURCES = ("design", "models", "mixed")
+
+
+def _wall_chains(cw, rng, space, seed):
+    """The wall-clock profiling pool: ``cw.pool_chains`` chains from ``cw.chain_source``:
+    'design' (:func:`thor.sample_chain`, random stacks over the design space), 'models'
+    (:func:`thor.sample_model_chain`, windows of fresh random CNNs/MLPs, own stream) or 'mixed'
+    (half each) [our choice, compared in the study]."""
+    src = cw.get("chain_source", "design")
+    if src not in CHAIN_SOURCES:
+        raise ValueError(f"wall.chain_source={src!r}: use one of {CHAIN_SOURCES}")
+    n_models = {"design": 0, "models": cw.pool_chains, "mixed": cw.pool_chains // 2}[src]
+    chains = [T.sample_chain(rng, space) for _ in range(cw.pool_chains - n_models)]
+    mrng = np.random.default_rng(seed + 102)   # model windows: their own stream
+    return chains + [T.sample_model_chain(mrng, space) for _ in range(n_models)]
+
+
 def study_wall(cfg, wd: Workdir, log):
     """Wall-clock study; the same measurements also give a process-CPU-time study ("cpu")."""
     rng = np.random.default_rng(cfg.seed + 100)
     space = T.DesignSpace(max_train_flops=cfg.wall.max_train_flops)
-    chains = [T.sample_chain(rng, space) for _ in range(cfg.wall.pool_chains)]
+    chains = _wall_chains(cfg.wall, rng, space, cfg.seed)
     # held-out models from their own stream, so that the held-out set does not change with the
     # size of the profiling pool
     held, fams = _heldout(np.random.default_rng(cfg.seed + 101), cfg.wall.heldout, space)

@@ -39,6 +39,7 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     c.wall = ml_collections.ConfigDict()
     c.wall.enabled = True
     c.wall.pool_chains = 240  # ~4-6 min of profiling; idle runs: 40 chains 24% (before the max/pos features), 120: 18%, 240: 12% (17% on a fresh re-measurement), 480: 15%
+    c.wall.chain_source = "design"  # 'design' | 'models' | 'mixed': where profiling chains come from (experiments.thor._wall_chains)
     c.wall.heldout = 24
     c.wall.windows = 9
     c.wall.min_window_s = 0.02

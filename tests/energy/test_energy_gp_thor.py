@@ -254,3 +254,28 @@ def test_acquisition_variants_agree_with_lognormal_moments(sim_setup, additive_f
     assert T.select_batch(model, pool, range(len(pool)), 1, "linear") == [int(np.argmax(lin))]
     with pytest.raises(ValueError, match="acquisition"):
         T.select_batch(model, pool, range(len(pool)), 1, "entropy")
+
+
+def test_model_chains_are_windows_of_valid_models():
+    space = T.DesignSpace(max_train_flops=1.5e9)
+    rng = np.random.default_rng(3)
+    chains = [T.sample_model_chain(rng, space) for _ in range(40)]
+    again = [T.sample_model_chain(np.random.default_rng(3), space) for _ in range(1)]
+    assert again[0] == chains[0]  # seeded
+    allowed = {P.Conv: lambda s: s.stride == 1 and s.kernel in (3, 5), P.Pool: lambda s: s.kind == "max"}
+    for c in chains:
+        placed = P.place(c)  # shapes chain up from the window's input shape
+        assert len(c.layers) == 3 and c.batch in space.batches and c.num_classes is None
+        assert sum(p.train_flops for p in placed) <= space.max_train_flops
+        # only configurations the model families use (no strided or 1x1 convs, no average pools)
+        for spec in c.layers:
+            assert allowed.get(type(spec), lambda s: True)(spec), spec
+    kinds = {type(l) for c in chains for l in c.layers}
+    assert {P.Conv, P.Dense, P.Act}.issubset(kinds)
+    from experiments.thor import _wall_chains
+    import ml_collections
+    cw = ml_collections.ConfigDict({"pool_chains": 10, "chain_source": "mixed"})
+    mixed = _wall_chains(cw, np.random.default_rng(0), space, 0)
+    assert len(mixed) == 10
+    with pytest.raises(ValueError, match="chain_source"):
+        _wall_chains(ml_collections.ConfigDict({"pool_chains": 4, "chain_source": "zoo"}), np.random.default_rng(0), space, 0)

@@ -31,7 +31,7 @@ from jaxlab.energy.profiler import layer_kind as P_kind
 
 __all__ = [
     "ThorModel", "Estimate", "fit_thor", "estimate", "mape", "chain_variance", "select_batch", "active_learning",
-    "DesignSpace", "sample_chain", "sample_model", "MODEL_FAMILIES",
+    "DesignSpace", "sample_chain", "sample_model", "sample_model_chain", "MODEL_FAMILIES",
 ]
 
 
@@ -395,6 +395,30 @@ def sample_chain(rng: np.random.Generator, space: DesignSpace = DesignSpace(), l
 
 
 MODEL_FAMILIES = ("cnn", "mlp", "lstm")
+
+
+def sample_model_chain(rng: np.random.Generator, space: DesignSpace = DesignSpace(), length: int = 3,
+                       families: Sequence[str] = ("cnn", "mlp")) -> Network:
+    """A profiling chain cut from a fresh random whole model: ``length`` consecutive layers of a
+    :func:`sample_model` draw (family uniform over ``families``), with the model's batch and the
+    input shape at the window's start.
+
+    [our choice, an alternative to :func:`sample_chain`] THOR profiles layer configurations and
+    leaves open which; windows of models from the families to be estimated put every profiled
+    layer in the shape, neighbour and batch distribution it has there (random chains also cover
+    strides, 1x1 kernels and channel counts these families never use). The draw is fresh: the
+    held-out models come from their own stream and are never cut up.
+    """
+    for _ in range(1000):
+        net = sample_model(rng, str(rng.choice(list(families))), space)
+        if len(net.layers) < length:
+            continue
+        start = int(rng.integers(0, len(net.layers) - length + 1))
+        shape = net.input_shape if start == 0 else place(net)[start - 1].out_shape
+        chain = Network(tuple(shape), net.layers[start:start + length], net.batch)
+        if _ok(chain, space):
+            return chain
+    raise RuntimeError("sample_model_chain: no window within the caps after 1000 tries; loosen DesignSpace caps")
 
 
 def sample_model(rng: np.random.Generator, family: str, space: DesignSpace = DesignSpace(), num_classes: int = 10) -> Network:
