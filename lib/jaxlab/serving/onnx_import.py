@@ -521,7 +521,6 @@ def _rnn_node(b, node, ins, outs, at):
     for d in range(D):
         reverse = p["direction"] == "reverse" or d == 1
         step = _cell_math(p, d)
-        Wt, Rt, bW, bR, Pd = consts[d]
         h_prev, c_prev = None, None
         chunk = max(1, int(b.rnn_chunk))
         for k0 in range(0, T, chunk):
@@ -531,24 +530,9 @@ def _rnn_node(b, node, ins, outs, at):
                                              (B, H), flops_step, base, ys)
                 continue
             t = steps[0]
-            x_in = xs[t] if xs is not None else X
             x_mode = "slice" if xs is not None else "full"
-            h_mode = "prev" if h_prev else ("init" if h0 else "zero")
-            c_mode = "none" if kind != "LSTM" else ("prev" if c_prev else ("init" if c0 else "zero"))
-            names = ["x", "W", "R", "bW", "bR"]
-            vals = [x_in, Wt, Rt, bW, bR]
-            if Pd is not None:
-                names.append("P"); vals.append(Pd)
-            if h_mode != "zero":
-                names.append("h"); vals.append(h_prev or h0)
-            if c_mode in ("prev", "init"):
-                names.append("c"); vals.append(c_prev or c0)
-            if seq:
-                names.append("seq"); vals.append(seq)
-            if x_mode == "full" or seq:
-                # The step index is an argument, not a closure constant, so every step of a layer
-                # shares one executable (and one profile entry) honestly.
-                names.append("t"); vals.append(b.const(f"{base}/step{t}", np.array(t, np.int32)))
+            names, vals, h_mode, c_mode = _cell_args(b, kind, ["x"], [xs[t] if xs is not None else X], consts[d],
+                                                     h_prev, c_prev, h0, c0, seq, x_mode == "full", base, t)
             fn = _make_cell_fn(step, tuple(names), d, x_mode, h_mode, c_mode, B, H, kind)
             tag = f"{base}/d{d}/t{t}"
             o_names = [f"{tag}/h", f"{tag}/y"] + ([f"{tag}/c"] if kind == "LSTM" else [])
@@ -580,6 +564,39 @@ def _rnn_node(b, node, ins, outs, at):
         b.emit("Stack", last_c, [out_c], lambda *a: (_jnp().stack(a, axis=0),), ())
 
 
+def _cell_args(b, kind, x_names, x_vals, consts_d, h_prev, c_prev, h0, c0, seq, need_t, base, t):
+    """Argument names/values of a cell or chunk operator and its (h_mode, c_mode): the inputs,
+    the direction's weights, the recurrent state (previous op's, the graph's initial state, or
+    zeros), sequence lengths, and the first step index ``t`` when the op needs it."""
+    Wt, Rt, bW, bR, Pd = consts_d
+    h_mode = "prev" if h_prev else ("init" if h0 else "zero")
+    c_mode = "none" if kind != "LSTM" else ("prev" if c_prev else ("init" if c0 else "zero"))
+    names, vals = list(x_names) + ["W", "R", "bW", "bR"], list(x_vals) + [Wt, Rt, bW, bR]
+    if Pd is not None:
+        names.append("P"); vals.append(Pd)
+    if h_mode != "zero":
+        names.append("h"); vals.append(h_prev or h0)
+    if c_mode in ("prev", "init"):
+        names.append("c"); vals.append(c_prev or c0)
+    if seq:
+        names.append("seq"); vals.append(seq)
+    if need_t or seq:
+        # The step index is an argument, not a closure constant, so every step (chunk) of a layer
+        # shares one executable (and one profile entry) honestly.
+        names.append("t"); vals.append(b.const(f"{base}/step{t}", np.array(t, np.int32)))
+    return names, vals, h_mode, c_mode
+
+
+def _initial_state(a, d, h_mode, c_mode, B, H, dt):
+    jnp = _jnp()
+    h = jnp.zeros((B, H), dt) if h_mode == "zero" else (a["h"][d] if h_mode == "init" else a["h"])
+    if c_mode == "zero":
+        return h, jnp.zeros((B, H), dt)
+    if c_mode in ("init", "prev"):
+        return h, (a["c"][d] if c_mode == "init" else a["c"])
+    return h, h
+
+
 def _make_cell_fn(step, names, d, x_mode, h_mode, c_mode, B, H, kind):
     def fn(*args):
         jnp = _jnp()
@@ -588,21 +605,7 @@ def _make_cell_fn(step, names, d, x_mode, h_mode, c_mode, B, H, kind):
             x = _jax().lax.dynamic_index_in_dim(a["x"], a["t"], axis=0, keepdims=False)
         else:
             x = a["x"].reshape(a["x"].shape[1:])
-        dt = x.dtype
-        if h_mode == "zero":
-            h = jnp.zeros((B, H), dt)
-        elif h_mode == "init":
-            h = a["h"][d]
-        else:
-            h = a["h"]
-        if c_mode == "zero":
-            c = jnp.zeros((B, H), dt)
-        elif c_mode == "init":
-            c = a["c"][d]
-        elif c_mode == "prev":
-            c = a["c"]
-        else:
-            c = h
+        h, c = _initial_state(a, d, h_mode, c_mode, B, H, x.dtype)
         xw = x @ a["W"] + a["bW"]
         h_new, c_new = step(xw, h, c, a["R"], a["bR"], a.get("P"))
         if "seq" in a:
@@ -625,31 +628,15 @@ def _emit_chunk(b, p, d, steps, xs, X, consts_d, step, h_prev, c_prev, h0, c0, s
     layers survives at chunk granularity). Returns the (h, c) value names."""
     kind = p["kind"]
     B, H = dims
-    Wt, Rt, bW, bR, Pd = consts_d
     n = len(steps)
     sign = 1 if steps[-1] > steps[0] else -1
     x_mode = "slice" if xs is not None else "full"
-    h_mode = "prev" if h_prev else ("init" if h0 else "zero")
-    c_mode = "none" if kind != "LSTM" else ("prev" if c_prev else ("init" if c0 else "zero"))
-    names, vals = [], []
     if x_mode == "slice":
-        for j, t in enumerate(steps):
-            names.append(f"x{j}"); vals.append(xs[t])
+        x_names, x_vals = [f"x{j}" for j in range(n)], [xs[t] for t in steps]
     else:
-        names.append("x"); vals.append(X)
-    names += ["W", "R", "bW", "bR"]
-    vals += [Wt, Rt, bW, bR]
-    if Pd is not None:
-        names.append("P"); vals.append(Pd)
-    if h_mode != "zero":
-        names.append("h"); vals.append(h_prev or h0)
-    if c_mode in ("prev", "init"):
-        names.append("c"); vals.append(c_prev or c0)
-    if seq:
-        names.append("seq"); vals.append(seq)
-    if x_mode == "full" or seq:
-        # first step index as an argument (not a closure constant): equal chunks share one executable
-        names.append("t"); vals.append(b.const(f"{base}/step{steps[0]}", np.array(steps[0], np.int32)))
+        x_names, x_vals = ["x"], [X]
+    names, vals, h_mode, c_mode = _cell_args(b, kind, x_names, x_vals, consts_d, h_prev, c_prev, h0, c0, seq,
+                                             x_mode == "full", base, steps[0])
     fn = _make_chunk_fn(step, tuple(names), d, x_mode, h_mode, c_mode, B, H, kind, n, sign)
     tag = f"{base}/d{d}/t{steps[0]}-{steps[-1]}"
     y_names = [f"{base}/d{d}/t{t}/y" for t in steps]
@@ -672,16 +659,7 @@ def _make_chunk_fn(step, names, d, x_mode, h_mode, c_mode, B, H, kind, n, sign):
             x = x[::-1] if sign < 0 else x                                # processing order
         else:
             x = jnp.concatenate([a[f"x{j}"] for j in range(n)], axis=0)  # [n, B, I]
-        dt = x.dtype
-        h = jnp.zeros((B, H), dt) if h_mode == "zero" else (a["h"][d] if h_mode == "init" else a["h"])
-        if c_mode == "zero":
-            c = jnp.zeros((B, H), dt)
-        elif c_mode == "init":
-            c = a["c"][d]
-        elif c_mode == "prev":
-            c = a["c"]
-        else:
-            c = h
+        h, c = _initial_state(a, d, h_mode, c_mode, B, H, x.dtype)
         xw = (x.reshape(n * B, -1) @ a["W"]).reshape(n, B, -1) + a["bW"]
         t0 = a["t"] if "t" in a else jnp.int32(0)
         seqv = a["seq"].astype(jnp.int32) if "seq" in a else None
