@@ -29,7 +29,8 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-__all__ = ["DeviceSpec", "CostModel", "available_devices", "edge_cost", "segment_time", "host_device_count_flag"]
+__all__ = ["DeviceSpec", "CostModel", "available_devices", "cpu_core_devices", "edge_cost", "segment_time",
+           "host_device_count_flag"]
 
 
 def host_device_count_flag(n: int = 2) -> str:
@@ -66,6 +67,25 @@ def available_devices(emulate_accelerator: bool = True, launch_s: float = 30e-6,
         return [cpu, DeviceSpec("gpu(emulated)", cpus[1], "accelerator", True, float(launch_s), float(speed_factor),
                                 float(link_alpha_s), float(link_beta_Bps))]
     return [cpu]
+
+
+def cpu_core_devices(n: int = 2) -> list:
+    """``n`` real XLA host devices as separate CPU workers (needs ``host_device_count_flag(n)`` in
+    XLA_FLAGS before importing jax): Chrion's partitioner and engine over the cores of one CPU.
+
+    XLA:CPU runs an RNN recurrence (a matrix-vector product per step) on a single core, whatever
+    its thread pool (measured: process CPU time / wall time = 1.00 for a ``lax.scan`` LSTM), so a
+    single XLA device leaves the other cores idle; separate host devices driven by one worker
+    thread each run independent operators (directions, the layer x time wavefront) concurrently
+    [our choice: the CPU-side analogue of Chrion's CPU+GPU split; nothing here is emulated]."""
+    import jax
+    cpus = jax.devices("cpu")
+    if n < 1:
+        raise ValueError(f"n={n}: need at least one CPU device")
+    if len(cpus) < n:
+        raise ValueError(f"{n} CPU devices requested but jax has {len(cpus)}: set XLA_FLAGS="
+                         f"{host_device_count_flag(n)} before importing jax")
+    return [DeviceSpec(f"cpu{i}", cpus[i], "cpu") for i in range(n)]
 
 
 class CostModel(NamedTuple):
