@@ -52,6 +52,20 @@ SCRIPT = textwrap.dedent("""
             out["cases"].append({"model": name, "plan": p.name, "max_abs_err": err,
                                  "devices_used": sorted({d for _, _, d, _, _ in trace}),
                                  "segments": len(p.segments.segments), "latencies": [r.latency_s for r in res]})
+    # Two real CPU workers (cost.cpu_core_devices) on a chunked graph: nothing emulated.
+    from jaxlab.serving.cost import cpu_core_devices
+    cores = cpu_core_devices(2)
+    model = make_rnn_model("LSTM", input_size=5, hidden=6, layers=2, bidirectional=True, seq_len=5, batch=2)
+    g = fuse_light_chains(import_onnx(model, rnn_chunk=2))
+    cm = profile_graph(g, cores, repeats=3, warmup=1, transfer_sizes=(256, 65536))
+    pb = make_problem(g, cm)
+    x = {"x": rng.normal(size=(5, 2, 5)).astype(np.float32)}
+    ref = run_onnxruntime(model, x)
+    for p in (plan_latency_optimal(pb, max_evals=100, time_budget_s=2), _plan(pb, "alternating", tuple(i % 2 for i in range(pb.n)))):
+        res, trace = Engine(g, p, cores, cm).run_stream([x])
+        out["core_cases"] = out.get("core_cases", []) + [{
+            "plan": p.name, "emulated": [d.emulated for d in cores], "devices_used": sorted({d for _, _, d, _, _ in trace}),
+            "max_abs_err": max(float(np.max(np.abs(res[0].outputs[k] - ref[k]))) for k in ref)}]
     print("RESULT" + json.dumps(out))
 """)
 
@@ -71,6 +85,10 @@ def test_engine_two_devices_matches_onnxruntime():
     alt = [c for c in out["cases"] if c["plan"] == "alternating"]
     assert all(c["devices_used"] == [0, 1] and c["segments"] > 2 for c in alt)
     assert [c["devices_used"] for c in out["cases"] if c["plan"] == "cpu-only"] == [[0], [0]]
+    assert len(out["core_cases"]) == 2
+    for c in out["core_cases"]:
+        assert c["max_abs_err"] <= 1e-5 and c["emulated"] == [False, False], c
+    assert out["core_cases"][1]["devices_used"] == [0, 1]
 
 
 def test_engine_single_device_in_process_matches_onnxruntime():
