@@ -6,11 +6,13 @@
     python -m benchmarks.chrion --single-thread # ORT intra_op_num_threads=1 vs XLA without Eigen threads
     python -m benchmarks.chrion --quick --cores 2 # also: Chrion's latency-optimal plan over 2 CPU cores
 
-For every model: ONNX Runtime CPUExecutionProvider (default threads) and ``compile_single_device``
-(the whole model as one jitted function, each RNN node a lax.scan over time) run the same inputs,
-interleaved call by call, ``--repeats`` times; the figure is the ratio of medians (jax / ORT, < 1
-means we are faster) and the max abs difference of the outputs. The machine is shared: medians
-only, and the load average is printed beside the numbers.
+For every model: ONNX Runtime CPUExecutionProvider (default threads and options) and
+``compile_single_device`` (the whole model as one jitted function, each RNN node a lax.scan over
+time) run the same inputs, ``--repeats`` calls each, taking turns in short blocks separated by
+idle gaps (see ``_timed_blocks``: ORT's threads spin after each run and would otherwise steal the
+cores from the next call); the figure is the ratio of medians (jax / ORT, < 1 means we are
+faster) and the max abs difference of the outputs. The machine is shared: medians only, and the
+load average is printed beside the numbers.
 
 XLA:CPU runs each recurrence on one core (the per-step matrix-vector product is not threaded; the
 benchmark prints process CPU time / wall time of both runtimes), while ORT's default uses every
@@ -49,8 +51,34 @@ def _grid(quick: bool):
             for t in (16, 64)] + [("GRU", 512, 2, True, 32), ("GRU", 256, 4, False, 64)]
 
 
+BLOCK, WARM, GAP_S = 20, 3, 0.05
+
+
+def _timed_blocks(runners: dict, repeats: int, block: int = BLOCK, gap_s: float = GAP_S, warm: int = WARM) -> dict:
+    """Per-call wall seconds of each runner (name -> zero-argument call), ``repeats`` each.
+
+    The runners take turns in blocks of ``block`` kept calls with ``gap_s`` of idle time before
+    each block, after ``warm`` warm-up calls that are not kept (steady state, as a server runs). Why not call by call: ONNX Runtime's
+    worker threads spin-wait after every run (its default, which is what makes it fast on small
+    models), so whatever runs right after an ORT call shares the cores with them; interleaving
+    call by call made our single-device path up to 2x slower than alone (measured: LSTM-h512-l4
+    3.4 ms alone, 6.9 ms right after ORT calls)."""
+    ts = {k: [] for k in runners}
+    while min(len(v) for v in ts.values()) < repeats:
+        for k, fn in runners.items():
+            time.sleep(gap_s)
+            for j in range(warm + block):
+                t0 = time.perf_counter()
+                fn()
+                if j >= warm:
+                    ts[k].append(time.perf_counter() - t0)
+    return {k: v[:repeats] for k, v in ts.items()}
+
+
 def _cpu_ratio(fn, repeats: int = 10) -> float:
-    """Process CPU seconds / wall seconds of ``fn`` (1.0: one core busy)."""
+    """Process CPU seconds / wall seconds of ``fn`` (1.0: one core busy), after an idle gap."""
+    time.sleep(GAP_S)
+    fn()
     w0, c0 = time.perf_counter(), time.process_time()
     for _ in range(repeats):
         fn()
@@ -93,19 +121,15 @@ def ort_vs_jax(grid, repeats: int, batch: int, ort_threads: int = 0, cores: int 
             eng, plan = _core_engine(model, x, cores, max(1, t // chunk_div))
             out_e, _ = eng.run(x)
             err = max(err, max(float(np.max(np.abs(out_e[k] - ref[k]))) for k in ref))
-        for _ in range(2):
-            sess.run(names, x); jax.block_until_ready(f(x))
-        to, tj, te = [], [], []
-        for _ in range(repeats):
-            t0 = time.perf_counter(); sess.run(names, x); to.append(time.perf_counter() - t0)
-            t0 = time.perf_counter(); jax.block_until_ready(f(x)); tj.append(time.perf_counter() - t0)
-            if eng is not None:
-                te.append(eng.run_stream([x])[0][0].latency_s)
+        runners = {"ort": lambda: sess.run(names, x), "jax": lambda: jax.block_until_ready(f(x))}
+        if eng is not None:
+            runners["cores"] = lambda: eng.run_stream([x])
+        ts = _timed_blocks(runners, repeats)
+        to, tj, te = ts["ort"], ts["jax"], ts.get("cores", [])
         name = f"{cell}-h{h}-l{l}-{'bi' if bi else 'uni'}-T{t}-B{batch}"
         r = {"model": name, "ort_ms": np.median(to) * 1e3, "jax_ms": np.median(tj) * 1e3, "max_abs_err": err,
              "ort_min_ms": np.min(to) * 1e3, "jax_min_ms": np.min(tj) * 1e3,
-             "ort_cpu_per_wall": _cpu_ratio(lambda: sess.run(names, x)),
-             "jax_cpu_per_wall": _cpu_ratio(lambda: jax.block_until_ready(f(x)))}
+             "ort_cpu_per_wall": _cpu_ratio(runners["ort"]), "jax_cpu_per_wall": _cpu_ratio(runners["jax"])}
         r["ratio"] = r["jax_ms"] / r["ort_ms"]
         r["ratio_min"] = r["jax_min_ms"] / r["ort_min_ms"]
         extra = ""

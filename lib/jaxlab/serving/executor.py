@@ -107,6 +107,8 @@ class Engine:
         self._ext = [[v for v in self._seg_inputs[k] if v not in graph.constants] for k in range(len(self.segments))]
         self._order = [[k for k, s in enumerate(self.segments) if s.device == d] for d in range(len(self.devices))]
         self._overshoot = sleep_overshoot() if any(d.emulated for d in self.devices) else 0.0
+        self._emulated_link = any(d.emulated for d in self.devices)
+        self._nbytes = {v: info.nbytes for v, info in graph.values.items()}
         self._warm = False
 
     # ------------------------------------------------------------------------------------------
@@ -186,15 +188,21 @@ class Engine:
 
         def publish(r, k, outs, now):
             d = self.segments[k].device
+            moves: dict = {}
             for v, a in zip(self._seg_outputs[k], outs):
                 env[(r, v, d)] = a
                 for dst in self._dst[k].get(v, ()):
-                    env[(r, v, dst)] = jax.device_put(a, self.devices[dst].device)
+                    moves.setdefault(dst, []).append((v, a))
+            # one batched copy per destination device (a segment can publish dozens of per-step values)
+            for dst, items in moves.items():
+                copies = jax.device_put([a for _, a in items], self.devices[dst].device)
+                for (v, _), c in zip(items, copies):
+                    env[(r, v, dst)] = c
             with lock:
                 for v in self._seg_outputs[k]:
                     for c in self._consumers.get(v, ()):
                         dc = self.segments[c].device
-                        delay = self._link_delay(g.values[v].nbytes, d, dc) if dc != d else 0.0
+                        delay = self._link_delay(self._nbytes[v], d, dc) if dc != d and self._emulated_link else 0.0
                         ready_at[r, c] = max(ready_at[r, c], now + delay)
                         pending[r, c] -= 1
                         if pending[r, c] == 0:
