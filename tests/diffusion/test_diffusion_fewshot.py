@@ -120,3 +120,28 @@ def test_small_unet_config_attention_levels():
     assert fewshot.small_unet_config(8).down_block_types == ("AttnDownBlock2D", "AttnDownBlock2D")  # default unchanged
     with pytest.raises(ValueError, match="one bool per level"):
         fewshot.small_unet_config(16, 10, (8, 16), attention=(True,))
+
+
+def test_excursions_spans_and_mean_excess():
+    steps = np.arange(0, 100, 10)
+    v = np.array([0, 2, 0, 2, 2, 2, 0, 3, 3, 0], np.float64)
+    e = metrics.excursions(steps, v, 1.0)
+    assert e["evals_above"] == 6 and e["fraction_above"] == pytest.approx(0.6)
+    assert e["longest_span"] == [30, 50] and e["longest_span_evals"] == 3
+    assert e["mean_excess"] == pytest.approx((1 + 1 + 1 + 1 + 2 + 2) / 10)
+    # a run that reaches the last evaluation counts; ties keep the earliest; nothing above gives None
+    assert metrics.excursions(steps[:4], np.array([5.0, 0, 5, 5]), 1.0)["longest_span"] == [20, 30]
+    assert metrics.excursions(steps[:4], np.array([5.0, 0, 5, 0]), 1.0)["longest_span"] == [0, 0]
+    none = metrics.excursions(steps[:3], np.zeros(3), 1.0)
+    assert none["longest_span"] is None and none["longest_span_evals"] == 0 and none["mean_excess"] == 0.0
+    # the longest span never exceeds the count above (random curves)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        x = rng.standard_normal(int(rng.integers(1, 30)))
+        r = metrics.excursions(np.arange(len(x)), x, 0.3)
+        assert r["longest_span_evals"] <= r["evals_above"] == int((x > 0.3).sum())
+        if r["longest_span"] is not None:
+            a, b = r["longest_span"]
+            assert np.all(x[a:b + 1] > 0.3) and b - a + 1 == r["longest_span_evals"]
+    with pytest.raises(ValueError, match="equal-length"):
+        metrics.excursions(steps, v[:3], 1.0)

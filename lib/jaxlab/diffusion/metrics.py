@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 __all__ = ["DigitClassifier", "train_classifier", "classifier_features", "classifier_predict",
-           "high_frequency_ratio", "sample_metrics", "pairwise_rms", "denoiser_noise_level"]
+           "high_frequency_ratio", "sample_metrics", "pairwise_rms", "denoiser_noise_level", "excursions"]
 
 
 class DigitClassifier(nn.Module):
@@ -149,3 +149,34 @@ def sample_metrics(samples: np.ndarray, train_images: np.ndarray, clf_params: An
     diversity = float(d.sum() / (n * (n - 1))) if n > 1 else 0.0
     return {"fidelity": fidelity, "noise": noise, "memorisation": float((nn_d < mem_threshold).mean()),
             "diversity": diversity, "nn_rms": float(nn_d.mean()), "noise_vs_nn": noise_vs_nn}
+
+
+def excursions(steps: np.ndarray, values: np.ndarray, level: float) -> dict:
+    """How a curve sits above ``level``: isolated spikes and a sustained stage read differently.
+
+    ``steps``/``values``: ``[n]`` evaluation steps (increasing) and the curve at them.
+
+    evals_above          number of evaluations with ``value > level``
+    fraction_above       ``evals_above / n``
+    longest_span         ``[first_step, last_step]`` of the longest run of *consecutive* evaluations
+                         above ``level`` (earliest on ties), or None
+    longest_span_evals   its length in evaluations (0 if none)
+    mean_excess          mean over evaluations of ``max(value - level, 0)`` (area above ``level``
+                         per evaluation; unlike the peak, one spike does not dominate it)
+    """
+    steps, values = np.asarray(steps), np.asarray(values, np.float64)
+    if steps.shape != values.shape or steps.ndim != 1 or len(steps) == 0:
+        raise ValueError(f"steps {steps.shape} and values {values.shape} must be equal-length non-empty 1-D arrays")
+    above = values > level
+    best, best_start, run_start = 0, None, None
+    for i, a in enumerate(above):
+        if a and run_start is None:
+            run_start = i
+        if run_start is not None and (not a or i == len(above) - 1):
+            end = i if a else i - 1
+            if end - run_start + 1 > best:
+                best, best_start = end - run_start + 1, run_start
+            run_start = None
+    return {"evals_above": int(above.sum()), "fraction_above": float(above.mean()),
+            "longest_span": [int(steps[best_start]), int(steps[best_start + best - 1])] if best else None,
+            "longest_span_evals": int(best), "mean_excess": float(np.maximum(values - level, 0.0).mean())}
