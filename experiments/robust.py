@@ -103,7 +103,10 @@ def run_cell(s: Setup, attack: str, defense: str, fraction: float, pill: bool = 
     hp = dict(c.get("attack_hparams", {}).get(attack, {}))
     att = make_attack(attack, knowledge=c.knowledge, num_classes=s.num_classes, **hp)
     if pill:
-        att = pill_attack(att, search=c.pill_search, pill_norm=c.pill_norm)
+        att = pill_attack(att, search=c.pill_search, pill_norm=c.pill_norm, tail=c.pill_tail,
+                          carrier_mix=c.pill_carrier_mix,
+                          benign_quantile=c.pill_benign_quantile, fallback=c.pill_fallback,
+                          pill_base=c.pill_base)
     alg = robust_fedavg(s.model, defense=agg, malicious=mal, attack=att, lr=c.lr, batch_size=c.batch_size,
                         local_epochs=c.local_epochs, server_lr=c.server_lr, root=s.root)
     t0 = time.perf_counter()
@@ -114,6 +117,8 @@ def run_cell(s: Setup, attack: str, defense: str, fraction: float, pill: bool = 
            "seconds": time.perf_counter() - t0}
     if hp:
         row["attack_hparams"] = hp
+    if pill:
+        row["pill_settings"] = pill_settings(c)
     if attack == "backdoor":
         d = s.data
         sv = out["server_state"]
@@ -121,6 +126,13 @@ def run_cell(s: Setup, attack: str, defense: str, fraction: float, pill: bool = 
     if out["history"] and len(out["history"]) > 1:
         row["history"] = out["history"]
     return row
+
+
+def pill_settings(c) -> dict:
+    """The Pill choices a cell ran with (recorded in every Pill row and in the matrix summary)."""
+    return {"search": c.get("pill_search", "max"), "tail": c.get("pill_tail", "unit"),
+            "fallback": c.get("pill_fallback", "honest"), "pill_base": c.get("pill_base", "zero"), "carrier_mix": float(c.get("pill_carrier_mix", 0.5)),
+            "benign_quantile": float(c.get("pill_benign_quantile", 0.05)), "knowledge": c.get("knowledge", "benign")}
 
 
 def fmt(v, pct=True):

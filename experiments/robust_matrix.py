@@ -33,7 +33,7 @@ import math
 
 import numpy as np
 
-from experiments.robust import fmt, run_cell, setup
+from experiments.robust import fmt, pill_settings, run_cell, setup
 from jaxlab.fl.robust.pill import DESIGN as PILL_DESIGN
 from jaxlab.utils.workdir import Workdir, markdown_table
 
@@ -160,7 +160,8 @@ def report(config, rows, wd: Workdir) -> dict:
                          "old(keep_mal>50%)": "n/a" if old is None else str(old)})
         cols8 = [PD.index(d) for d in eight]
         sel8 = [d for d in eight if bypass_of[d] is not None]
-        summary["pill"] = {"design": "pill (ours), see jaxlab.fl.robust.pill",
+        summary["pill"] = {"design": "pill (ours), see jaxlab.fl.robust.pill", "pill_design": PILL_DESIGN,
+                           "settings [our choice]": pill_settings(config),
                            "mean_error_ratio_8_defenses": float(np.nanmean(ratio[:, cols8])) if cols8 else None,
                            "mean_error_base_8": float(np.nanmean(e_base[:, cols8])) if cols8 else None,
                            "mean_error_pill_8": float(np.nanmean(e_pill[:, cols8])) if cols8 else None,
@@ -255,8 +256,10 @@ def run(config, workdir) -> dict:
 
     wd = Workdir(workdir)
     wd.write_config(config)
-    # Pill cells of an earlier Pill design are stale: run them again
-    rows = [r for r in wd.read_metrics() if "part" in r and (not r.get("pill") or r.get("pill_design") == PILL_DESIGN)]
+    # Pill cells of an earlier Pill design or other Pill settings are stale: run them again
+    settings = pill_settings(config)
+    rows = [r for r in wd.read_metrics() if "part" in r and (not r.get("pill") or (
+        r.get("pill_design") == PILL_DESIGN and r.get("pill_settings", settings) == settings))]
     done = {_key(r) for r in rows}
     todo = [c for c in cells_of(config) if (c[0], c[1], c[2], c[3], round(float(c[4]), 4), round(c[5], 4)) not in done]
     s = setup(config) if todo else None

@@ -15,6 +15,12 @@ update; rules without a root set (FedAvg, Krum, median) get the estimate in both
     python -m experiments.robust --workdir=/work/runs/robust_fltrust_adapt50 --config=experiments/configs/robust.py:skymask_adaptive --config.attacker_fraction=0.5
 ``pill``: Pill (ours) with and without, on the 8 defenses + FedAvg, with a dose-response check:
     python -m experiments.robust_matrix --workdir=/work/runs/robust_pill --config=experiments/configs/robust.py:pill
+``pill_cnn``: Pill (ours) nearer the paper's setting: 28x28 digits, the CNN (conv 30, conv 50, fc 100),
+cross-silo 10 clients, 20% attackers with the paper's own-updates knowledge, 20 rounds; Pill with
+tail='full', fallback='closer', pill_base='benign' (chosen on seed 0, confirmed on seed 1):
+    python -m experiments.robust_matrix --workdir=/work/runs/robust_pill_cnn_noniid_s0 --config=experiments/configs/robust.py:pill_cnn
+    python -m experiments.robust_matrix --workdir=/work/runs/robust_pill_cnn_noniid_s1 --config=experiments/configs/robust.py:pill_cnn --config.seed=1
+    python -m experiments.robust_matrix --workdir=/work/runs/robust_pill_cnn_iid_s0 --config=experiments/configs/robust.py:pill_cnn --config.bias=0.1
 ``paper``: SkyMask's published setting (Fashion-MNIST CNN, 100 clients, 20% attackers,
 non-IID bias 0.5, lr 0.5, batch 32, 2000 rounds; needs tfds and a lot of compute).
 """
@@ -65,6 +71,11 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     c.skymask_lr = 1e6
     c.pill_search = "max"
     c.pill_norm = 1.0
+    c.pill_tail = "unit"              # see jaxlab.fl.robust.pill.pill_mask
+    c.pill_fallback = "honest"        # see jaxlab.fl.robust.pill.pill_attack
+    c.pill_carrier_mix = 0.5
+    c.pill_base = "zero"              # the pill's poison deviates from 0 or from the benign estimate
+    c.pill_benign_quantile = 0.05
     c.eval_every = 0
     if preset == "quick":
         c.rounds = 15
@@ -107,6 +118,27 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
         c.fractions = ()
         c.sweep_defenses = ()
         c.sweep_attacks = ()
+    elif preset == "pill_cnn":
+        # Pill nearer the paper's setting: 28x28 digits (MNIST-shaped), a CNN, cross-silo 10 clients,
+        # 20% attackers that see only their own honest updates (the paper's knowledge), the four
+        # attacks x the eight defenses + FedAvg, with and without Pill; non-IID by default,
+        # IID with --config.bias=0.1 (Fang's split with bias 1/C).
+        c.dataset = "digits"
+        c.model = "cnn"
+        c.hidden = (100,)
+        c.num_clients = 10
+        c.rounds = 20
+        c.knowledge = "own"
+        c.pill_tail = "full"
+        c.pill_fallback = "closer"
+        c.pill_base = "benign"
+        c.defenses = PILL_DEFENSES + ("fedavg",)
+        c.attacks = ("none",) + PILL_ATTACKS
+        c.pill_attacks = PILL_ATTACKS
+        c.pill_defenses = PILL_DEFENSES + ("fedavg",)
+        c.fractions = ()
+        c.sweep_defenses = ()
+        c.sweep_attacks = ()
     elif preset == "paper":
         c.dataset = "fashion_mnist"
         c.num_clients = 100
@@ -125,5 +157,5 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
         c.sweep_defenses = ("fedavg", "krum", "median", "fltrust", "skymask")
         c.sweep_attacks = ("fang_trim", "fang_krum", "min_max", "min_sum")
     else:
-        raise ValueError(f"unknown preset {preset!r}: choose 'quick', 'matrix', 'skymask', 'skymask_adaptive', 'pill' or 'paper'")
+        raise ValueError(f"unknown preset {preset!r}: choose 'quick', 'matrix', 'skymask', 'skymask_adaptive', 'pill', 'pill_cnn' or 'paper'")
     return c

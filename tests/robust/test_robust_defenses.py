@@ -1,6 +1,8 @@
 """Every aggregation rule against an independent float64 NumPy re-derivation, hand-checkable
 cases, invariants, and the bad-input errors."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -344,3 +346,20 @@ def test_sorting_network_sorts_any_row_count_with_ties(n, seed, ties):
     rng = np.random.default_rng(seed)
     x = (rng.integers(-3, 4, (n, 9)) if ties else rng.standard_normal((n, 9))).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(D.sort_rows(jnp.asarray(x))), np.sort(x, axis=0))
+
+
+@pytest.mark.parametrize("pair_cos,pair_alpha", [(0.8, 0.0), (0.5, 0.5)])
+def test_foolsgold_zeroes_two_alike_honest_clients_next_to_one_unlike_client(pair_cos, pair_alpha):
+    """Hand-checkable: h1, h2 with cosine c, u orthogonal to both. v = (c, c, 0); u is pardoned to 0;
+    alpha = (1 - c, 1 - c, 1) / 1 -> (1 - c, 1 - c, 0.99) -> logit + 0.5 clipped: for c = 0.8,
+    ln(0.2/0.8) + 0.5 < 0 (weight 0, flagged); for c = 0.5, ln(1) + 0.5 = 0.5. This is why Fang's
+    split with two clients per dominant class (20 clients, 10 classes) has FoolsGold flag most honest
+    clients: every client's most similar history is its group-mate's."""
+    h1 = np.array([1.0, 0.0, 0.0])
+    h2 = np.array([pair_cos, math.sqrt(1 - pair_cos ** 2), 0.0])
+    u = np.array([0.0, 0.0, 1.0])
+    g = np.vstack([h1, h2, u])
+    out, _ = D.foolsgold(jnp.asarray(g, jnp.float32))
+    alpha = np.array([pair_alpha, pair_alpha, 1.0])
+    np.testing.assert_allclose(out.update, alpha @ g / alpha.sum(), rtol=1e-5, atol=1e-6)
+    assert np.asarray(out.benign).tolist() == [pair_alpha > 0, pair_alpha > 0, True]

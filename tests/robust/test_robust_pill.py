@@ -226,3 +226,172 @@ def test_matrix_report_pill_ratio_and_bypass(tmp_path):
     assert pd["median"]["bypass(keep_mal>=keep_ben/2)"].startswith("n/a")
     assert summ["defenses_bypassed_of_8"] == 1 and summ["defenses_with_detection_of_8"] == 2
     assert (tmp_path / "results.md").exists() and (tmp_path / "heatmap_pill.png").exists()
+
+
+def test_pill_mask_full_tail_keeps_every_unit_of_the_last_two_layers():
+    rng = np.random.default_rng(4)
+    p = _mlp_params(rng)   # fc0 6->5, fc1 5->4, head 4->3
+    mask, units = pill_mask(p, "max", tail="full")
+    k0 = np.asarray(p["base"]["fc0"]["kernel"])
+    u0 = int(np.abs(k0).sum(0).argmax())
+    assert units.tolist() == [u0, -1, -1]
+    m = flattener(p).unflatten(mask)
+    fc0, fc1, head = (np.asarray(m["base"]["fc0"]["kernel"]), np.asarray(m["base"]["fc1"]["kernel"]),
+                      np.asarray(m["head"]["kernel"]))
+    assert fc0[:, u0].all() and fc0.sum() == 6 and np.asarray(m["base"]["fc0"]["bias"]).sum() == 1
+    # penultimate layer: only the weights leaving the pill unit, into every unit, and every bias
+    assert fc1[u0].all() and fc1.sum() == 4 and np.asarray(m["base"]["fc1"]["bias"]).all()
+    assert head.all() and np.asarray(m["head"]["bias"]).all()
+    assert float(mask.sum()) == (6 + 1) + (4 + 4) + (12 + 3)
+    two = {"base": {"fc0": p["base"]["fc0"]}, "head": {"kernel": jnp.ones((5, 3)), "bias": jnp.zeros(3)}}
+    with pytest.raises(ValueError, match="tail='full' needs"):
+        pill_mask(two, tail="full")
+    with pytest.raises(ValueError, match="pill tail"):
+        pill_mask(p, tail="half")
+
+
+def test_pill_mask_full_tail_on_a_cnn_follows_the_channel_through_the_flatten():
+    from jaxlab.models import make_cnn
+    model = make_cnn(10, hidden=7, channels=(3, 4))
+    # 20x20 -> conv 16 -> pool 8 -> conv 4 -> pool 2: fc1 sees 2 x 2 positions x 4 channels
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 20, 20, 1)))["params"]
+    mask, units = pill_mask(params, "max", tail="full")
+    m = flattener(params).unflatten(mask)
+    k1 = np.abs(np.asarray(params["base"]["conv1"]["kernel"]))     # [5, 5, 3, 4]
+    u0 = int(np.abs(np.asarray(params["base"]["conv0"]["kernel"])).reshape(-1, 3).sum(0).argmax())
+    u1 = int(k1[:, :, u0, :].sum((0, 1)).argmax())
+    assert units.tolist() == [u0, u1, -1, -1]
+    fc1 = np.asarray(m["base"]["fc1"]["kernel"])                    # [2 * 2 * 4, 7], NHWC flatten
+    rows = np.flatnonzero(fc1.any(1))
+    assert (rows % 4 == u1).all() and len(rows) == 4 and fc1[rows].all()
+    assert np.asarray(m["head"]["kernel"]).all()
+
+
+def _brute_force_max_s(p, c, b, gh, t, D, n=1500):
+    """Largest s >= 0 over a float64 grid of (s, a >= 0) with g = s p + a (c + b) inside both bounds."""
+    q = c + b
+    G = gh @ gh
+    smax = 6 * math.sqrt(G) + 3 * D
+    S = np.linspace(0, smax, n)[:, None]
+    A = np.linspace(0, 6 * (math.sqrt(G) + D) / np.linalg.norm(q), n)[None, :]
+    pq, pg, qg, qq = p @ q, p @ gh, q @ gh, q @ q
+    dot = S * pg + A * qg
+    nrm2 = S ** 2 + 2 * S * A * pq + A ** 2 * qq
+    feas = (dot >= t * np.sqrt(nrm2) * math.sqrt(G)) & (nrm2 - 2 * dot + G <= D * D)
+    return (S[np.any(feas, axis=1), 0].max() if feas.any() else -1.0), S[1, 0]
+
+
+def test_stealth_coefficients_with_a_benign_pill_base_match_a_float64_brute_force():
+    rng = np.random.default_rng(1)
+    checked = 0
+    for _ in range(40):
+        d = 30
+        m = np.zeros(d)
+        m[:5] = 1
+        gh = rng.normal(size=d) + rng.uniform(-1, 1)
+        b = gh * m                                          # the benign values on the pill
+        p = (rng.normal(size=d) - rng.uniform(0, 2) * gh) * m   # often against the benign pill
+        p /= np.linalg.norm(p)
+        c = (gh + rng.normal(size=d) * rng.uniform(0.1, 2)) * (1 - m)
+        G = gh @ gh
+        t, D = rng.uniform(-0.2, 0.99), rng.uniform(0.1, 2) * math.sqrt(G)
+        f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+        s, a, ok = (float(v) for v in stealth_coefficients(f32(p), f32(c), f32(gh), t, D, pill_base=f32(b)))
+        s_brute, step = _brute_force_max_s(p, c, b, gh, t, D)
+        if s_brute < 2 * step:
+            assert not ok or s < 3 * step
+            continue
+        assert ok
+        g = s * p + a * (c + b)
+        assert abs(s - s_brute) <= 2 * step + 1e-3 * s_brute, (s, s_brute)
+        assert g @ gh >= t * np.linalg.norm(g) * math.sqrt(G) - 1e-3 * G
+        assert np.linalg.norm(g - gh) <= D * (1 + 1e-3)
+        checked += 1
+    assert checked >= 15
+
+
+def test_stealth_coefficients_benign_base_hand_checkable():
+    # g_hat = (1, 1): pill axis e1 with benign value 1, carrier e2; poison p = -e1 (sign flip on the pill).
+    # g = s p + a (c + b) = (a - s, a); with a loose cosine (t = -1) only the distance bound
+    # (a - s - 1)^2 + (a - 1)^2 <= D^2 binds, and s = (a - 1) - (a - s - 1) is largest at
+    # a - 1 = D/sqrt2, a - s - 1 = -D/sqrt2: s = sqrt2 D, a = 1 + D/sqrt2
+    D = 0.5
+    f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+    s, a, ok = stealth_coefficients(f32([-1.0, 0.0]), f32([0.0, 1.0]), f32([1.0, 1.0]), -1.0, D,
+                                    pill_base=f32([1.0, 0.0]))
+    assert bool(ok)
+    np.testing.assert_allclose([float(s), float(a)], [math.sqrt(2) * D, 1 + D / math.sqrt(2)], rtol=1e-4)
+
+
+def test_pill_benign_base_deviates_from_the_benign_pill_and_looks_benign(attack_case):
+    params, g, is_mal = attack_case
+    out = np.asarray(pill_attack(make_attack("fang_trim"), pill_base="benign").apply(
+        g, is_mal, jax.random.PRNGKey(2), {"params": params}), np.float64)
+    gh, cos_t, dist_t = _benign_targets(g, is_mal, 0.05)
+    g64 = np.asarray(g, np.float64)
+    for k in range(3):
+        row = out[k]
+        assert not np.allclose(row, g64[k])
+        m = np.asarray(pill_mask(params, "max", rank=k)[0]) > 0
+        cos = row @ gh / (np.linalg.norm(row) * np.linalg.norm(gh))
+        assert cos >= cos_t - 1e-3 and np.linalg.norm(row - gh) <= dist_t * (1 + 1e-3)
+        carrier = ((gh + g64[k]) / 2)[~m]
+        a = row[~m] @ carrier / (carrier @ carrier)
+        np.testing.assert_allclose(row[~m], a * carrier, rtol=1e-4, atol=1e-5)
+        # on the pill: a * g_hat plus a deviation along Fang-Trim's push away from g_hat
+        dev = row[m] - a * gh[m]
+        assert np.linalg.norm(dev) > 0
+        push = np.sign(-np.sign(g64[~np.asarray(is_mal)].sum(0)))[m]   # Fang-Trim moves against sum's sign
+        assert np.mean(np.sign(dev) == push) > 0.9
+
+
+def test_pill_closer_fallback_moves_the_carrier_to_the_benign_mean():
+    rng = np.random.default_rng(7)
+    params = _mlp_params(rng)
+    d = flattener(params).size
+    v = rng.normal(size=d).astype(np.float32)
+    g = np.tile(v, (6, 1))
+    g[:2] = rng.normal(size=(2, d))
+    # only g_hat itself looks benign (cos_t = 1, dist_t = 0): 'honest' abstains, 'closer' with the
+    # benign pill base reaches g_hat with the carrier at the benign mean and no room for poison
+    att = pill_attack(make_attack("sign_flip"), fallback="closer", pill_base="benign")
+    out = np.asarray(att.apply(jnp.asarray(g), jnp.arange(6) < 2, jax.random.PRNGKey(0), {"params": params}))
+    np.testing.assert_allclose(out[:2], np.tile(v, (2, 1)), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(out[2:], g[2:])
+
+
+def test_pill_closer_fallback_uses_the_first_feasible_carrier_mix(attack_case):
+    params, g, is_mal = attack_case
+    key = jax.random.PRNGKey(3)
+    ctx = {"params": params}
+    honest = np.asarray(pill_attack(make_attack("sign_flip"), carrier_mix=1.0).apply(g, is_mal, key, ctx))
+    closer = np.asarray(pill_attack(make_attack("sign_flip"), carrier_mix=1.0, fallback="closer").apply(g, is_mal, key, ctx))
+    gh = np.asarray(g, np.float64)[~np.asarray(is_mal)].mean(0)
+    g64 = np.asarray(g, np.float64)
+    fell_back = 0
+    for k in range(3):
+        m = np.asarray(pill_mask(params, "max", rank=k)[0]) > 0
+        if not np.array_equal(honest[k], np.asarray(g)[k]):   # mix 1 feasible: the same answer
+            np.testing.assert_allclose(closer[k], honest[k], rtol=1e-5, atol=1e-6)
+            continue
+        fell_back += 1
+        assert not np.array_equal(closer[k], np.asarray(g)[k])   # it injects instead of abstaining
+        # mix 1 infeasible: the carrier is one of (g_hat + f (g_own - g_hat)), f in {0.5, 0.25, 0}
+        off = closer[k][~m].astype(np.float64)
+        fits = []
+        for f in (0.5, 0.25, 0.0):
+            c = (gh + f * (g64[k] - gh))[~m]
+            a = off @ c / (c @ c)
+            fits.append(np.linalg.norm(off - a * c) / np.linalg.norm(off))
+        assert min(fits) < 1e-4
+    assert fell_back >= 1   # the case exercises the fallback (own updates too far for mix 1)
+
+
+def test_pill_new_options_bad_input():
+    base = make_attack("sign_flip")
+    with pytest.raises(ValueError, match="pill tail"):
+        pill_attack(base, tail="half")
+    with pytest.raises(ValueError, match="fallback"):
+        pill_attack(base, fallback="abstain")
+    with pytest.raises(ValueError, match="pill_base"):
+        pill_attack(base, pill_base="mean")

@@ -13,8 +13,16 @@ next layer the unit is the one most (``'min'``: least; ``'random'``: a random un
 connected to the previous pill unit:
 ``argmax_j sum_{r in rows(u_prev)} |K[..., r, j]|`` where ``rows`` is ``u_prev`` itself, or every
 flattened position of that channel after a conv->dense flatten (NHWC: ``r % C_prev == u_prev``).
-The pill's parameters are each chosen unit's incoming weights and bias; in the **last layer** (the
-classifier) they are the weights from the previous pill unit to every class plus all class biases.
+The pill's parameters are each chosen unit's incoming weights and bias. **"Except the last two
+layers"** [our choice, ``tail``]: ``'unit'`` (default) chains one unit through every layer but
+the classifier, which keeps the weights from the previous pill unit to every class plus all class
+biases; ``'full'`` chains one unit up to the last two layers, whose every unit is in the pill (the
+penultimate layer through its weights from the previous pill unit, plus all its biases; then the
+whole classifier), so the pill reaches every class through every penultimate unit. On the
+28x28-digits CNN (conv 30, conv 50, fc 100, head 10; 119,440 parameters) the pill is 1.3% of
+the parameters with ``'unit'`` and 2.9% with ``'full'``. **Re-search** [our choice]: every round
+(measured on that CNN: the first two units settle after ~5 rounds and then stay, so a one-time
+search after warm-up would pick almost the same pill).
 [our choice] ``shared=False`` (default): attacker ``k`` (the k-th malicious row) starts its chain
 at the ``k``-th ranked first-layer unit, so the attackers carry different pills (identical
 pills make their updates alike, which FoolsGold-style similarity checks flag); ``shared=True``:
@@ -37,17 +45,29 @@ restricted to the pill and normalised: ``p = M (row - g_hat) / |M (row - g_hat)|
 and Min-Max this is ``-g_hat`` on the pill, for Fang's attacks the per-coordinate push away from
 the benign side). Only the direction comes from the base attack; the magnitude comes from the
 injection, so attacks that differ only in their scale (sign-flip, Min-Max) give the same pill.
+**What the poison deviates from** [our choice, ``pill_base``]: ``'zero'`` (default; the pill
+coordinates are ``s p`` alone) or ``'benign'`` (they are ``a M g_hat + s p``: the benign estimate
+on the pill, scaled with the rest of the benign-looking part, plus the poison). ``'benign'`` is
+the reading nearer the outline's ``g_ref (1 - M) + attack(G) M``: at ``a = 1`` and
+``s = |M (row - g_hat)|`` it writes the base attack's own values into the pill; and ``s = 0``
+(no poison) is then a benign-looking update, so the injection can always fall back to it.
 
 **Injection** (:func:`stealth_coefficients`): the carrier is a benign-looking update outside the
 pill, ``c = (1 - M) (g_hat + carrier_mix (g_own - g_hat))`` with the attacker's own honest update
 ``g_own`` ([our choice] ``carrier_mix = 0.5``: halfway between the benign mean and the attacker's
 own update; 1 keeps the attacker's own update, which already sits at the edge of the benign range
 for half of the attackers and leaves no room for a pill). The malicious update is
-``g = s p + a c`` with the **largest** pill scale ``s`` for which ``cos(g, g_hat) >= cos_t``
-(SimAdjust) and ``|g - g_hat| <= dist_t`` (DistAdjust), solved exactly in the plane of ``p`` and
-``c``; ``pill_norm`` multiplies that scale (1 = the most poison that still looks benign; > 1 is
-a louder pill that leaves the benign range, for dose-response studies). When no ``s, a >= 0``
-meet both bounds, the attacker sends its honest update that round.
+``g = s p + a (c + b)`` (``b`` = the pill base above) with the **largest** pill scale ``s`` for
+which ``cos(g, g_hat) >= cos_t`` (SimAdjust) and ``|g - g_hat| <= dist_t`` (DistAdjust), solved
+exactly in the plane of ``p`` and ``c + b``; ``pill_norm`` multiplies that scale (1 = the most
+poison that still looks benign; > 1 is a louder pill that leaves the benign range, for
+dose-response studies). **When no ``s, a >= 0`` meet both bounds** [our choice, ``fallback``]:
+``'honest'`` (default) sends the attacker's honest update that round; ``'closer'`` retries with
+the carrier moved towards the benign mean (``carrier_mix`` times 1/2, 1/4, 0) and uses the first
+feasible one (honest only if none is). The paper's Algorithm 1 always adjusts and injects; with
+``'honest'`` the 28x28-digits CNN attackers (10 clients, non-IID) injected in only 10-33% of the
+rounds (measured with ``benign`` knowledge, /work/scratch diagnostics), i.e. Pill mostly did not
+attack; with ``'closer'`` and ``pill_base='benign'`` they inject every round.
 
 History of this module: the first version rescaled the pill to ``|g_hat|`` and then scaled the
 *whole* update (pill included) to the target distance after inflating the carrier for the cosine,
@@ -65,9 +85,12 @@ from jax.flatten_util import ravel_pytree
 
 from jaxlab.fl.robust.attacks import Attack, masked_mean, observed_mask
 
-__all__ = ["pill_layers", "pill_mask", "stealth_coefficients", "pill_attack", "SEARCHES", "DESIGN"]
+__all__ = ["pill_layers", "pill_mask", "stealth_coefficients", "pill_attack", "SEARCHES", "TAILS", "FALLBACKS", "PILL_BASES", "DESIGN"]
 
 SEARCHES = ("max", "min", "random")
+TAILS = ("unit", "full")
+FALLBACKS = ("honest", "closer")
+PILL_BASES = ("zero", "benign")
 DESIGN = "stealth-v3"  # recorded with every Pill result; bump it when the attack changes
 
 
@@ -100,21 +123,37 @@ def _pick(score, search: str, key, rank=0):
     raise ValueError(f"unknown pill search {search!r}: choose one of {SEARCHES}")
 
 
-def pill_mask(params, search: str = "max", key=None, rank=0):
-    """Flat ``[d]`` float mask (1 on the pill's parameters) and the chosen unit per layer (-1 for the
-    classifier, which keeps every class). ``rank`` (may be traced) picks the ``rank``-th best
-    first-layer unit instead of the best (per-attacker pills); ``key`` drives ``'random'``."""
+def pill_mask(params, search: str = "max", key=None, rank=0, tail: str = "unit"):
+    """Flat ``[d]`` float mask (1 on the pill's parameters) and the chosen unit per layer (-1 for a
+    layer that keeps every unit). ``rank`` (may be traced) picks the ``rank``-th best first-layer
+    unit instead of the best (per-attacker pills); ``key`` drives ``'random'``.
+
+    ``tail`` says how the blueprint's "one unit per layer, except the last two layers" treats those
+    two layers [our choice; the paper's text is not available]: ``'unit'`` (default) picks one unit
+    in every layer but the classifier, which keeps the weights from that unit to every class plus
+    all class biases; ``'full'`` picks one unit per layer up to the last two, then keeps *every*
+    unit of the penultimate layer (only its weights from the previous pill unit, plus all its
+    biases) and the whole classifier, so the pill reaches every class through every penultimate
+    unit (needs >= 3 layers, else the pill would be the whole model)."""
+    if tail not in TAILS:
+        raise ValueError(f"unknown pill tail {tail!r}: choose one of {TAILS}")
     layers = pill_layers(params)
+    if tail == "full" and len(layers) < 3:
+        raise ValueError(f"pill tail='full' needs a model with >= 3 layers (found {len(layers)}): with 2 the "
+                         "pill is the whole model; use tail='unit'")
     key = jax.random.PRNGKey(0) if key is None else key
     keys = jax.random.split(key, len(layers))
     mask_tree = jax.tree_util.tree_map(jnp.zeros_like, params)
     units = []
     prev_u, prev_out = None, None
+    n_full = 1 if tail == "unit" else 2   # trailing layers that keep every unit
     for li, (path, k, b) in enumerate(layers):
-        last = li == len(layers) - 1
+        last = li >= len(layers) - n_full
         n_in, n_out = k.shape[-2], k.shape[-1]
         absk = jnp.abs(k).reshape(-1, n_in, n_out).sum(0)  # [in, out], spatial taps summed
         if prev_u is None:
+            rows = jnp.ones((n_in,), bool)
+        elif isinstance(prev_u, str):           # the previous layer kept every unit
             rows = jnp.ones((n_in,), bool)
         elif n_in == prev_out:
             rows = jnp.arange(n_in) == prev_u
@@ -137,31 +176,40 @@ def pill_mask(params, search: str = "max", key=None, rank=0):
             node = node[p]
         node[path[-1]] = dict(node[path[-1]], kernel=km, **({"bias": bm.astype(b.dtype)} if b is not None else {}))
         units.append(u)
-        prev_u, prev_out = u, n_out
+        prev_u, prev_out = ("all" if last else u), n_out
     return ravel_pytree(mask_tree)[0], jnp.stack(units)
 
 
-def stealth_coefficients(pill_dir, carrier, g_hat, cos_target, dist_target, *, tol: float = 1e-4):
+def stealth_coefficients(pill_dir, carrier, g_hat, cos_target, dist_target, *, pill_base=None, tol: float = 1e-4):
     """SimAdjust + DistAdjust for one attacker (vmapped by the caller) [our choice; the paper's
-    formulas are not public]: the largest pill scale ``s >= 0`` and a carrier weight ``a >= 0`` with
+    formulas are not public]: the largest pill scale ``s`` and a weight ``a >= 0`` of the
+    benign-looking part ``q = carrier + pill_base`` with
 
-        g = s * pill_dir + a * carrier,   cos(g, g_hat) >= cos_target,   |g - g_hat| <= dist_target.
+        g = s * pill_dir + a * q,   cos(g, g_hat) >= cos_target,   |g - g_hat| <= dist_target,   s >= 0.
 
-    ``pill_dir [d]`` (unit norm, zero off the pill) and ``carrier [d]`` (zero on the pill) have
-    disjoint supports, so they are orthogonal and the problem lives in the plane they span: in the
-    coordinates ``(x, y) = (s, a |carrier|)`` the distance bound is a disk centred on the projection
-    ``(p.g_hat, c.g_hat/|c|)`` of ``g_hat`` (radius^2 = dist^2 - |part of g_hat off the plane|^2),
-    the cosine bound is a cone around the same centre ray, and the maximum of ``x`` over the
-    intersection is at one of a handful of points (the disk's rightmost point, the cone's two
-    boundary rays meeting the circle, the x axis meeting the circle). Returns ``(s, a, ok)``;
-    ``ok`` is False when no point with ``s >= 0, a >= 0`` meets both bounds (the caller then sends
-    the honest update). Exact up to float rounding: no bisection."""
+    ``pill_dir [d]`` is unit norm and zero off the pill; ``carrier [d]`` is zero on the pill;
+    ``pill_base [d]`` (default 0) is zero off the pill: the benign values the poison deviates from
+    on the pill (``M g_hat`` for ``pill_base='benign'`` in :func:`pill_attack`). The problem lives
+    in the plane of ``p = pill_dir`` and ``q``: with ``kappa = q.p``, ``q_perp = q - kappa p`` and the
+    orthonormal coordinates ``(x, y) = (s + a kappa, a |q_perp|)``, the distance bound is a disk
+    centred on the projection ``(p.g_hat, q_perp.g_hat/|q_perp|)`` of ``g_hat`` (radius^2 = dist^2 -
+    |part of g_hat off the plane|^2), the cosine bound is a cone around the same centre ray, and the
+    objective ``s = x - (kappa/|q_perp|) y`` is linear, so its maximum over the convex feasible set is
+    at one of a handful of points: the disk's extreme point along the objective, the cone's two
+    boundary rays meeting the circle, the x axis (``a = 0``) and the line ``s = 0`` meeting the
+    circle. With ``pill_base = 0``, ``kappa = 0`` and the objective is ``x`` (the disk's rightmost
+    point). Returns ``(s, a, ok)``; ``ok`` is False when no point with ``s >= 0, a >= 0`` meets both
+    bounds. Exact up to float rounding: no bisection."""
     dt = g_hat.dtype
+    q = carrier if pill_base is None else carrier + pill_base
+    kappa = pill_dir @ q
+    q_perp = q - kappa * pill_dir
     G = g_hat @ g_hat
     sqG = jnp.sqrt(jnp.maximum(G, 1e-30))
-    C = jnp.sqrt(jnp.maximum(carrier @ carrier, 1e-30))
+    C = jnp.sqrt(jnp.maximum(q_perp @ q_perp, 1e-30))
+    k = kappa / C                               # objective s = x - k y
     ax = pill_dir @ g_hat                       # centre, x
-    by = (carrier @ g_hat) / C                  # centre, y
+    by = (q_perp @ g_hat) / C                   # centre, y
     resid2 = jnp.maximum(G - ax * ax - by * by, 0.0)
     R2 = dist_target ** 2 - resid2
     R = jnp.sqrt(jnp.maximum(R2, 0.0))
@@ -174,30 +222,41 @@ def stealth_coefficients(pill_dir, carrier, g_hat, cos_target, dist_target, *, t
     # the cone's boundary rays meet the circle at rho = t|g_hat| +- sqrt(dist^2 - G (1 - t^2))
     disc = D2 - G * (1.0 - t * t)
     sq = jnp.sqrt(jnp.maximum(disc, 0.0))
-    xs, ys = [ax + R], [by]                     # the disk's rightmost point
+    wn = jnp.sqrt(1.0 + k * k)
+    xs, ys = [ax + R / wn], [by - R * k / wn]   # the disk's extreme point along (1, -k)
     for sgn in (1.0, -1.0):
         dx, dy = jnp.cos(th0 + sgn * phi), jnp.sin(th0 + sgn * phi)
         for rho in (t * sqG + sq, t * sqG - sq):
             rho = jnp.where(disc >= 0, rho, -1.0)
             xs.append(rho * dx)
             ys.append(rho * dy)
-    xs.append(ax + jnp.sqrt(jnp.maximum(R2 - by * by, 0.0)))   # the x axis (no carrier)
+    xs.append(ax + jnp.sqrt(jnp.maximum(R2 - by * by, 0.0)))   # the x axis (a = 0)
     ys.append(jnp.where(R2 >= by * by, 0.0, -1.0))
+    # the line s = 0, i.e. (x, y) = (k y, y), meets the circle where
+    # (1 + k^2) y^2 - 2 (k ax + by) y + ax^2 + by^2 - R^2 = 0
+    qb = k * ax + by
+    qd = qb * qb - (1.0 + k * k) * (ax * ax + by * by - R2)
+    for sgn in (1.0, -1.0):
+        yl = jnp.where(qd >= 0, (qb + sgn * jnp.sqrt(jnp.maximum(qd, 0.0))) / (1.0 + k * k), -1.0)
+        xs.append(k * yl)
+        ys.append(yl)
     x, y = jnp.stack(xs), jnp.stack(ys)
+    obj = x - k * y
     dot = ax * x + by * y
     nrm = jnp.sqrt(x * x + y * y)
     scale = jnp.maximum(G + D2, 1e-30)
     feasible = ((dot >= t * sqG * nrm - tol * scale) & ((x - ax) ** 2 + (y - by) ** 2 <= R2 + tol * scale)
-                & (R2 >= 0) & (x >= -tol * jnp.sqrt(scale)) & (y >= -tol * jnp.sqrt(scale)))
-    best = jnp.argmax(jnp.where(feasible, x, -jnp.inf))
+                & (R2 >= -tol * scale) & (obj >= -tol * jnp.sqrt(scale)) & (y >= -tol * jnp.sqrt(scale)))
+    best = jnp.argmax(jnp.where(feasible, obj, -jnp.inf))
     ok = jnp.any(feasible)
-    s = jnp.where(ok, jnp.maximum(x[best], 0.0), 0.0)
+    s = jnp.where(ok, jnp.maximum(obj[best], 0.0), 0.0)
     a = jnp.where(ok, jnp.maximum(y[best], 0.0) / C, 0.0)
     return s, a, ok
 
 
 def pill_attack(base: Attack, *, search: str = "max", pill_norm: float = 1.0, carrier_mix: float = 0.5,
                 shared: bool = False, knowledge: str | None = None, benign_quantile: float = 0.05,
+                tail: str = "unit", fallback: str = "honest", pill_base: str = "zero",
                 mask_fn: Callable | None = None) -> Attack:
     """Wraps ``base`` into a Pill attack (see the module docstring for every choice).
 
@@ -206,6 +265,14 @@ def pill_attack(base: Attack, *, search: str = "max", pill_norm: float = 1.0, ca
     replaces the search with a fixed pill (tests, ablations)."""
     if search not in SEARCHES:
         raise ValueError(f"unknown pill search {search!r}: choose one of {SEARCHES}")
+    if tail not in TAILS:
+        raise ValueError(f"unknown pill tail {tail!r}: choose one of {TAILS}")
+    if fallback not in FALLBACKS:
+        raise ValueError(f"unknown pill fallback {fallback!r}: choose one of {FALLBACKS}")
+    if pill_base not in PILL_BASES:
+        raise ValueError(f"unknown pill_base {pill_base!r}: choose one of {PILL_BASES}")
+    # carrier mixes tried in order; the first one whose SimAdjust/DistAdjust solve is feasible is used
+    mixes = (float(carrier_mix),) if fallback == "honest" else tuple(float(carrier_mix) * f for f in (1.0, 0.5, 0.25, 0.0))
     if not 0.0 <= float(carrier_mix) <= 1.0:
         raise ValueError(f"carrier_mix={carrier_mix!r} must be in [0, 1]")
     if not float(pill_norm) >= 0.0:
@@ -227,10 +294,10 @@ def pill_attack(base: Attack, *, search: str = "max", pill_norm: float = 1.0, ca
                 raise ValueError(f"pill: mask_fn gave shape {m.shape} but updates have {updates.shape[1]} columns")
             m = jnp.broadcast_to(m, updates.shape)
         elif shared:
-            m = jnp.broadcast_to(pill_mask(ctx["params"], search, k_search)[0], updates.shape)
+            m = jnp.broadcast_to(pill_mask(ctx["params"], search, k_search, tail=tail)[0], updates.shape)
         else:
             ranks = jnp.cumsum(is_mal) - 1
-            m = jax.vmap(lambda r: pill_mask(ctx["params"], search, k_search, r)[0])(ranks)
+            m = jax.vmap(lambda r: pill_mask(ctx["params"], search, k_search, r, tail)[0])(ranks)
         if m.shape != updates.shape:
             raise ValueError(f"pill: mask has shape {m.shape[1:]} but updates have {updates.shape[1]} columns")
         m = m.astype(updates.dtype)
@@ -242,9 +309,15 @@ def pill_attack(base: Attack, *, search: str = "max", pill_norm: float = 1.0, ca
         dist_t = jnp.nanquantile(jnp.where(obs, dist, jnp.nan), benign_quantile)
         p = (poisoned - g_hat) * m
         p = p / jnp.maximum(jnp.linalg.norm(p, axis=1, keepdims=True), 1e-30)
-        carrier = (g_hat + carrier_mix * (updates - g_hat)) * (1 - m)
-        s, a, ok = jax.vmap(stealth_coefficients, in_axes=(0, 0, None, None, None))(p, carrier, g_hat, cos_t, dist_t)
-        mal = jnp.where(ok[:, None], (pill_norm * s)[:, None] * p + a[:, None] * carrier, updates)
+        base_on_pill = g_hat * m if pill_base == "benign" else jnp.zeros_like(m)
+        solve = jax.vmap(lambda p_, c_, b_: stealth_coefficients(p_, c_, g_hat, cos_t, dist_t, pill_base=b_))
+        mal, done = updates, jnp.zeros(updates.shape[0], bool)
+        for mix in mixes:
+            carrier = (g_hat + mix * (updates - g_hat)) * (1 - m)
+            s, a, ok = solve(p, carrier, base_on_pill)
+            use = ok & ~done
+            mal = jnp.where(use[:, None], (pill_norm * s)[:, None] * p + a[:, None] * (carrier + base_on_pill), mal)
+            done = done | ok
         return jnp.where(is_mal[:, None], mal, updates)
 
     return Attack(f"pill+{base.name}", apply, base.poison_data, base.knowledge)
