@@ -33,6 +33,49 @@ PRETRAIN_KEYS = ("seed", "resolution", "held_out_class", "channels", "attention"
                  "pretrain_steps", "pretrain_lr", "pretrain_batch")
 
 
+# What the authors' released DreamBooth scripts fix (diffusion.md section 1a; LR/steps/sampler steps are at SD-1.5
+# 512 px scale); every other setting of a run
+# is ours and is labelled "[our choice]" in summary.json["settings"] (see :func:`provenance`).
+PAPER_SETTINGS = {"weight_decay": 1e-2, "grad_clip": 1.0, "finetune_batch": 1, "prior_weight": 1.0,
+                  "finetune_lr": 5e-6, "finetune_steps": 1200, "sampler_steps": 50, "num_timesteps": 1000,
+                  "bnn.lora_rank": 4,
+                  "bnn.variant": "mean_field", "bnn.include": bnn.DREAMBOOTH_INCLUDE, "bnn.init_sigma": 0.01,
+                  "bnn.prior_sigma": 0.01, "bnn.parametrization": "direct", "bnn.kl_weight": 0.0,
+                  "bnn.kl_direction": "prior_posterior"}
+FIXED_BY_CODE = {
+    "constant fine-tuning LR, AdamW + global-norm clipping, whole UNet trained": "[paper]",
+    "one weight draw per step shared by the batch; mu from pretrained; sigma direct, clamped >= 1e-7": "[paper]",
+    "sampling with the posterior mean (sigma = 0)": "[paper]",
+    "fidelity / noise / residual noise / memorisation / diversity definitions (jaxlab.diffusion.metrics)":
+        "[our choice] (diffusion.md section 2 proposal: digit-classifier features for DINO, pairwise RMS for LPIPS)",
+    "new subject bound to the never-trained class label 9 (rare-token analogue)": "[our choice]",
+}
+
+
+def provenance(config) -> dict:
+    """``{key: {"value": v, "source": "[paper]" | "[our choice]" | "[our choice] (paper: x)"}}`` for every
+    config leaf (nested keys joined with '.'), against :data:`PAPER_SETTINGS`."""
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            if hasattr(v, "items"):
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+
+    out = {}
+    for key, value in flat(config):
+        if key == "selection":  # a note on how the preset was chosen, reported as summary["selection"]
+            continue
+        value = list(value) if isinstance(value, tuple) else value
+        if key in PAPER_SETTINGS:
+            paper = PAPER_SETTINGS[key]
+            source = "[paper]" if value == paper else f"[our choice] (paper: {paper})"
+        else:
+            source = "[our choice]"
+        out[key] = {"value": value, "source": source}
+    return out
+
+
 def _split(config):
     x, y = load_digits(resolution=config.resolution, normalize=True)
     x, y = np.array(x), np.array(y)
@@ -195,6 +238,15 @@ def _run_summary(rows, base_noise, base_res):
     nvn = np.array([r["noise_vs_nn"] for r in rows])
     ipk = int(np.argmax(noise))
     above = steps[noise > 1.5 * base_noise]
+    # spikes vs a stage: evaluations above 1.5x the pretrained level, their longest consecutive run, and
+    # the mean excess over the pretrained level (after step 0), which one spike does not dominate
+    for key, curve, lvl in (("noise", noise, base_noise), ("residual", res, base_res)):
+        e15 = metrics.excursions(steps, curve, 1.5 * lvl)
+        extra[f"{key}_evals_above_1.5x_pretrained"] = e15["evals_above"]
+        extra[f"{key}_longest_span_above_1.5x_pretrained"] = e15["longest_span"]
+        extra[f"{key}_longest_span_evals_above_1.5x_pretrained"] = e15["longest_span_evals"]
+        extra[f"{key}_mean_excess_over_pretrained"] = (metrics.excursions(steps[1:], curve[1:], lvl)["mean_excess"]
+                                                       if len(steps) > 1 else 0.0)
     return {"noise_start": float(noise[0]), "noise_peak": float(noise[ipk]), "noise_peak_step": int(steps[ipk]),
             "noise_final": float(noise[-1]), "noise_peak_excess": float(noise[ipk] - base_noise),
             "steps_noise_above_1.5x_pretrained": [int(above.min()), int(above.max())] if len(above) else None,
@@ -205,6 +257,10 @@ def _run_summary(rows, base_noise, base_res):
             "first_step_memorisation_ge_0.5": int(steps[mem >= 0.5].min()) if (mem >= 0.5).any() else None,
             "diversity_final": float(rows[-1]["diversity"]), "diversity_mean": float(np.mean([r["diversity"] for r in rows])),
             **extra}
+
+
+def _ratio(a, b):
+    return a / b if b > 0 else None
 
 
 def _plot_curves(path, runs, base_noise, real_div, base_res):
@@ -320,9 +376,17 @@ def run(config, workdir) -> dict:
                 "residual_peak_excess_ratio_bnn_over_plain": bs["residual_peak_excess"] / ps["residual_peak_excess"]
                 if ps["residual_peak_excess"] > 0 else None,
                 "plain_residual_mean": ps["residual_mean_after_0"], "bnn_residual_mean": bs["residual_mean_after_0"],
+                "mean_excess_ratio_bnn_over_plain": _ratio(bs["noise_mean_excess_over_pretrained"],
+                                                           ps["noise_mean_excess_over_pretrained"]),
+                "residual_mean_excess_ratio_bnn_over_plain": _ratio(bs["residual_mean_excess_over_pretrained"],
+                                                                    ps["residual_mean_excess_over_pretrained"]),
+                "plain_fidelity_min": ps["fidelity_min"], "bnn_fidelity_min": bs["fidelity_min"],
                 "plain_fidelity_final": ps["fidelity_final"], "bnn_fidelity_final": bs["fidelity_final"],
                 "plain_diversity_mean": ps["diversity_mean"], "bnn_diversity_mean": bs["diversity_mean"],
-                "plain_mem_final": ps["memorisation_final"], "bnn_mem_final": bs["memorisation_final"]})
+                "plain_diversity_final": ps["diversity_final"], "bnn_diversity_final": bs["diversity_final"],
+                "plain_mem_final": ps["memorisation_final"], "bnn_mem_final": bs["memorisation_final"],
+                "plain_first_step_mem_ge_0.5": ps["first_step_memorisation_ge_0.5"],
+                "bnn_first_step_mem_ge_0.5": bs["first_step_memorisation_ge_0.5"]})
     summary = {
         "unet_params": count_params(params), "resolution": config.resolution,
         "classifier_test_accuracy_0to8": clf_acc,
@@ -336,6 +400,7 @@ def run(config, workdir) -> dict:
                                       "(sigma_t*rms eps_pre(sqrt(abar_t) x, t, classifier label)), divided by that of "
                                       "real 9s (1.0 = real-like)"),
         "runs": {n: v["summary"] for n, v in runs.items()}, "comparison": comparison,
+        "settings": provenance(config), "fixed_by_code": FIXED_BY_CODE, "selection": config.get("selection"),
         "wall_seconds": time.time() - t_start,
     }
     if comparison:

@@ -1,8 +1,20 @@
-"""Presets for the few-shot diffusion corruption-stage study (arXiv 2405.19931) at digits scale.
+r"""Presets for the few-shot diffusion corruption-stage study (arXiv 2405.19931) at digits scale.
 
 python -m experiments.fewshot_dm --workdir=/tmp/fewshot_dm --config=experiments/configs/fewshot_dm.py:quick
 python -m experiments.fewshot_dm --workdir=/tmp/fewshot_dm_paper --config=experiments/configs/fewshot_dm.py:paper
 python -m experiments.fewshot_dm --workdir=/tmp/fewshot_dm16 --config=experiments/configs/fewshot_dm.py:digits16
+python -m experiments.fewshot_dm --workdir=/tmp/fewshot_c16 --config=experiments/configs/fewshot_dm.py:corruption16
+
+``corruption16`` is issue 7's corruption-stage / BNN study (16x16, K=5, lr 1e-3, 1500 steps, BNN sigma 0.1);
+its settings were chosen on seed 0 and it reports seed 1. The selection runs on seed 0 are
+
+python -m experiments.fewshot_dm --workdir=/tmp/fewshot_c16_s0 --config=experiments/configs/fewshot_dm.py:corruption16 --config.seed=0
+python -m experiments.fewshot_dm --workdir=/tmp/fewshot_c16_s0_bnn001 --config=experiments/configs/fewshot_dm.py:corruption16 --config.seed=0 --config.bnn.init_sigma=0.01 --config.bnn.prior_sigma=0.01
+python -m experiments.fewshot_dm --workdir=/tmp/fewshot_c16_s0_conv --config=experiments/configs/fewshot_dm.py:corruption16 --config.seed=0 --config.bnn.init_sigma=0.01 --config.bnn.prior_sigma=0.01 '--config.bnn.include=^(down_blocks_\d+|mid_block|up_blocks_\d+)/.*/(to_q|to_k|to_v|to_out_0|conv1|conv2|conv_shortcut|conv)/(kernel|bias)$'
+
+and the K / LR probes (plain only) are ``... :corruption16 --config.seed=0 --config.methods="('plain',)"`` plus
+``--config.shots="(1,3)" --config.eval_every=50`` or
+``--config.finetune_lr=3e-4 --config.finetune_steps=2000 --config.eval_every=50``.
 
 ``paper`` is the published *recipe* (whole-UNet DreamBooth-style fine-tuning, AdamW wd 1e-2, clip 1.0,
 constant LR, BNN on the attention Linear layers with init_sigma = prior_sigma = 0.01, lambda1 = 0,
@@ -90,4 +102,24 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
         c.eval_every = 20
         c.eval_samples = 24
         return c
-    raise ValueError(f"unknown preset {preset!r}: use 'quick', 'paper' or 'digits16'")
+    if preset == "corruption16":
+        # issue 7's corruption-stage / BNN setting. Everything below is [our choice]; summary.json["settings"]
+        # labels each key. Chosen on seed 0 (selection), reported on seed 1 (confirmation, this preset):
+        #  * lr 1e-3 at batch 4: at 3e-4 (seed 0, 2000 steps) fidelity rose with no dip and the HF noise never
+        #    went above 1.1x real 9s, so lower LRs show no corruption here;
+        #  * K = 5: K = 1 copied its image within 150-250 steps (no corruption before memorisation), K = 3 had
+        #    noise bumps throughout; 1500 steps because K = 5 memorisation (>= 0.5 of samples) began near 1200;
+        #  * eval every 20 steps because the noise excursions last one or two evaluations at this spacing;
+        #  * BNN sigma 0.1 (init = prior; the released scripts use 0.01) on the authors' layer set (self-attention
+        #    Linear layers): of {0.01 attention, 0.1 attention, 0.01 attention + all block convs} only 0.1 halved
+        #    the seed-0 noise peak excess (0.36 vs 1.30 and 0.67); its end fidelity was lower (0.954 vs 0.973).
+        c = get_config("digits16")
+        c.seed = 1
+        c.shots = (5,)
+        c.finetune_steps = 1500
+        c.eval_every = 20
+        c.bnn.init_sigma = 0.1
+        c.bnn.prior_sigma = 0.1
+        c.selection = "settings chosen on seed 0 (see the config comments); seed 1 is the confirmation run"
+        return c
+    raise ValueError(f"unknown preset {preset!r}: use 'quick', 'paper', 'digits16' or 'corruption16'")
