@@ -16,6 +16,14 @@ segment's weights to its device once, and runs requests:
 devices (request r+1 can start on a device while request r finishes on the other), each
 released at its arrival time (Poisson load). Both return outputs as numpy arrays and a trace of
 (request, segment, device, start, end) for Gantt charts.
+
+Concurrency on CPU host devices (measured on our 2-core VM, 2026-12-02): two jitted computations
+on two XLA host devices overlap when each runs ~10 ms (two in 10.2-10.8 ms vs 20.0 ms in
+sequence), but at ~1 ms each they take 2.1-3.4 ms, no better than in sequence: waking an idle
+core's XLA worker costs about a millisecond here (with a low-priority busy process keeping the
+cores awake the 1 ms pair overlapped in some trials). Plans whose segments are shorter than that
+gain nothing from a second CPU core on such a machine; ONNX Runtime avoids the cost by spinning
+its threads, which XLA:CPU's thread pool does not offer.
 """
 
 from __future__ import annotations
