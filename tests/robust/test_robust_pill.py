@@ -126,14 +126,20 @@ def test_pill_norm_scales_the_pill_and_keeps_the_carrier(attack_case):
         np.testing.assert_allclose(three[k][~m], one[k][~m], rtol=1e-6, atol=1e-7)
 
 
-def test_pill_sends_the_honest_update_when_it_cannot_hide():
+def _unhideable_case():
+    """Two attackers (rows 0-1, their own honest updates) and four equal benign rows ``v``: cos_t = 1
+    and dist_t = 0, so only g_hat = v itself looks benign."""
     rng = np.random.default_rng(7)
     params = _mlp_params(rng)
     d = flattener(params).size
     v = rng.normal(size=d).astype(np.float32)
     g = np.tile(v, (6, 1))
-    g[:2] = rng.normal(size=(2, d))  # attackers' honest updates; the benign rows are all equal:
-    # cos_t = 1, dist_t = 0, so only g_hat itself looks benign, which no pill + carrier reaches
+    g[:2] = rng.normal(size=(2, d))
+    return params, g, v
+
+
+def test_pill_sends_the_honest_update_when_it_cannot_hide():
+    params, g, _ = _unhideable_case()   # no pill + carrier reaches g_hat
     out = np.asarray(pill_attack(make_attack("sign_flip")).apply(jnp.asarray(g), jnp.arange(6) < 2,
                                                                  jax.random.PRNGKey(0), {"params": params}))
     np.testing.assert_array_equal(out, g)
@@ -316,12 +322,7 @@ def test_pill_benign_base_deviates_from_the_benign_pill_and_looks_benign(attack_
 
 
 def test_pill_closer_fallback_moves_the_carrier_to_the_benign_mean():
-    rng = np.random.default_rng(7)
-    params = _mlp_params(rng)
-    d = flattener(params).size
-    v = rng.normal(size=d).astype(np.float32)
-    g = np.tile(v, (6, 1))
-    g[:2] = rng.normal(size=(2, d))
+    params, g, v = _unhideable_case()
     # only g_hat itself looks benign (cos_t = 1, dist_t = 0): 'honest' abstains, 'closer' with the
     # benign pill base reaches g_hat with the carrier at the benign mean and no room for poison
     att = pill_attack(make_attack("sign_flip"), fallback="closer", pill_base="benign")

@@ -271,10 +271,10 @@ def pill_attack(base: Attack, *, search: str = "max", pill_norm: float = 1.0, ca
         raise ValueError(f"unknown pill fallback {fallback!r}: choose one of {FALLBACKS}")
     if pill_base not in PILL_BASES:
         raise ValueError(f"unknown pill_base {pill_base!r}: choose one of {PILL_BASES}")
-    # carrier mixes tried in order; the first one whose SimAdjust/DistAdjust solve is feasible is used
-    mixes = (float(carrier_mix),) if fallback == "honest" else tuple(float(carrier_mix) * f for f in (1.0, 0.5, 0.25, 0.0))
     if not 0.0 <= float(carrier_mix) <= 1.0:
         raise ValueError(f"carrier_mix={carrier_mix!r} must be in [0, 1]")
+    # carrier mixes tried in order; the first one whose SimAdjust/DistAdjust solve is feasible is used
+    mixes = (float(carrier_mix),) if fallback == "honest" else tuple(float(carrier_mix) * f for f in (1.0, 0.5, 0.25, 0.0))
     if not float(pill_norm) >= 0.0:
         raise ValueError(f"pill_norm={pill_norm!r} must be >= 0 (1 = the largest pill that looks benign)")
     if not 0.0 <= float(benign_quantile) <= 1.0:
