@@ -370,11 +370,10 @@ def run(config, workdir) -> dict:
             ps, bs = p["summary"], b["summary"]
             comparison.append({
                 "K": k, "plain_noise_peak": ps["noise_peak"], "bnn_noise_peak": bs["noise_peak"],
-                "peak_excess_ratio_bnn_over_plain": bs["noise_peak_excess"] / ps["noise_peak_excess"]
-                if ps["noise_peak_excess"] > 0 else None,
+                "peak_excess_ratio_bnn_over_plain": _ratio(bs["noise_peak_excess"], ps["noise_peak_excess"]),
                 "plain_residual_peak": ps["residual_peak"], "bnn_residual_peak": bs["residual_peak"],
-                "residual_peak_excess_ratio_bnn_over_plain": bs["residual_peak_excess"] / ps["residual_peak_excess"]
-                if ps["residual_peak_excess"] > 0 else None,
+                "residual_peak_excess_ratio_bnn_over_plain": _ratio(bs["residual_peak_excess"],
+                                                                    ps["residual_peak_excess"]),
                 "plain_residual_mean": ps["residual_mean_after_0"], "bnn_residual_mean": bs["residual_mean_after_0"],
                 "mean_excess_ratio_bnn_over_plain": _ratio(bs["noise_mean_excess_over_pretrained"],
                                                            ps["noise_mean_excess_over_pretrained"]),
