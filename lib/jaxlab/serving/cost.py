@@ -77,7 +77,16 @@ def cpu_core_devices(n: int = 2) -> list:
     its thread pool (measured: process CPU time / wall time = 1.00 for a ``lax.scan`` LSTM), so a
     single XLA device leaves the other cores idle; separate host devices driven by one worker
     thread each run independent operators (directions, the layer x time wavefront) concurrently
-    [our choice: the CPU-side analogue of Chrion's CPU+GPU split; nothing here is emulated]."""
+    [our choice: the CPU-side analogue of Chrion's CPU+GPU split; nothing here is emulated].
+
+    Tried and dropped (measured on this project's 2-core VM, 2026-12-02): one jitted
+    ``shard_map`` program over the host devices instead of a worker per device, with a
+    bidirectional node split by direction (one ``all_gather`` per node) or a chain of
+    unidirectional layers pipelined over time chunks (one ``ppermute`` per chunk). It matched
+    ORT's outputs but ran 1.3-2.1x slower than the single-device scan on every model tried
+    (LSTM/GRU, hidden 256-1024, 1-4 layers): even the same program replicated on both devices,
+    with no collective at all, took 1.4-1.9x one device's time, and a collective between busy
+    cores costs ~20 us, so a per-step split of the hidden units (what ORT's threads do) lost too."""
     import jax
     cpus = jax.devices("cpu")
     if n < 1:
