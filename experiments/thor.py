@@ -118,9 +118,11 @@ def _al_curves(cfg_al, chains, samples_by_chain, evaluate, seed, n_seeds, gp_ste
     rand_mean = [float(np.mean([c[j]["score"] for c in rand])) for j in range(len(ns))]
     hit = reach(var_mean, rand_mean[-1])
     fr = [p["fraction"] for p in per_seed]
-    what = {"log": "the chain's log cost", "linear": "the chain's cost in joules (linear units)",
-            "layers": "the sum of the chain's per-layer log costs"}[acquisition]
-    return {"acquisition": f"greedy conditional variance of {what} (kriging believer batches) [our choice]",
+    what = {"log": "greedy conditional variance of the chain's log cost (kriging believer batches)",
+            "linear": "greedy conditional variance of the chain's cost in joules (linear units, kriging believer batches)",
+            "layers": "greedy conditional variance of the sum of the chain's per-layer log costs (kriging believer batches)",
+            "alc": "greedy expected reduction of the pool's total log-cost variance (ALC, thor.select_batch_alc)"}[acquisition]
+    return {"acquisition": f"{what} [our choice]",
             "acquisition_key": acquisition, "step": cfg_al.al_step, "init": cfg_al.al_init, "seed_first": seed,
             "n_chains": ns, "variance": var_mean, "random_mean": rand_mean, "seeds": n_seeds,
             "variance_runs": [[p["score"] for p in c] for c in var], "random_runs": [[p["score"] for p in c] for c in rand],

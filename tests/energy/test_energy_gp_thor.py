@@ -279,3 +279,40 @@ def test_model_chains_are_windows_of_valid_models():
     assert len(mixed) == 10
     with pytest.raises(ValueError, match="chain_source"):
         _wall_chains(ml_collections.ConfigDict({"pool_chains": 4, "chain_source": "zoo"}), np.random.default_rng(0), space, 0)
+
+
+def _pool_log_variance(model, pool, weights):
+    """sum_j w_j^T Sigma w_j over the pool, from the GPs' own joint predictions (delta method)."""
+    total = 0.0
+    for c, w in zip(pool, weights):
+        _, cov = T._predict_terms(model, T._chain_terms(c), full_cov=True)
+        total += float(w @ cov @ w)
+    return total
+
+
+def test_alc_picks_the_largest_pool_variance_reduction_by_brute_force(sim_setup, additive_fit):
+    chains, _ = sim_setup
+    _, model = additive_fit
+    far = P.Network((28, 28, 16), (P.Conv(64, 5), P.Act(), P.Dense(512)), 64)
+    pool = list(chains[:9]) + [far]
+    weights = []
+    for c in pool:
+        mu, _ = T._predict_terms(model, T._chain_terms(c))
+        weights.append(np.exp(mu) / np.exp(mu).sum())
+    before = _pool_log_variance(model, pool, weights)
+    # brute force: condition the GPs on each candidate (kriging believer = exact posterior variance
+    # with the fit's noise model) and re-predict every pool chain
+    drops = [before - _pool_log_variance(T._believe_chain(model, c), pool, weights) for c in pool]
+    assert all(d > 0 for d in drops)
+    first = int(np.argmax(drops))
+    assert T.select_batch(model, pool, range(len(pool)), 1, "alc") == [first]
+    # the second pick maximises the drop *given* the first
+    m1 = T._believe_chain(model, pool[first])
+    base = _pool_log_variance(m1, pool, weights)
+    rest = [i for i in range(len(pool)) if i != first]
+    drops2 = [base - _pool_log_variance(T._believe_chain(m1, pool[i]), pool, weights) for i in rest]
+    assert T.select_batch(model, pool, range(len(pool)), 2, "alc") == [first, rest[int(np.argmax(drops2))]]
+    # a chain with a kind the model has never seen is profiled first
+    lstm = P.Network((8, 16), (P.LSTM(16),), 8)
+    assert "lstm" not in model.gps and "lstm" in {k for k, _ in T._chain_terms(lstm)}
+    assert T.select_batch(model, pool + [lstm], range(len(pool) + 1), 1, "alc") == [len(pool)]
