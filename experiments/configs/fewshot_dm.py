@@ -117,6 +117,9 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
         # 1.5x the pretrained level at one evaluation only (step 320, 1.41 vs 0.77; no sustained stage), the
         # BNN's peak excess was 1.82x plain's (1.17 vs 0.64), end fidelity 0.961 vs 0.959, memorisation 0.42
         # vs 0.50; the curves swing 2x between consecutive evaluations at this lr (see the issue-7 note).
+        # Seed 2 (2026-12-02, 670 s, --config.seed=2): NOT confirmed either. Plain HF noise peaked at 1.07 (step 600;
+        # pretrained 0.73) and never went above 1.5x; fidelity never dipped below its start (0.798 -> 0.977); the
+        # BNN's peak excess was 1.84x plain's (1.36 at step 60); end fidelity 0.966 vs 0.977, memorisation 0.375 vs 0.58.
         c = get_config("digits16")
         c.seed = 1
         c.shots = (5,)
