@@ -3,7 +3,7 @@
     python -m benchmarks.chrion                 # LSTM grid of the spec (hidden 256-1024, 2-4 layers, uni/bi, T 16/64)
     python -m benchmarks.chrion --quick         # 4 models, fewer repeats
     python -m benchmarks.chrion --plans         # also: engine plans on [cpu, emulated accelerator]
-    python -m benchmarks.chrion --single-thread # ORT intra_op_num_threads=1 vs XLA without Eigen threads
+    python -m benchmarks.chrion --single-thread # one core: ORT intra_op_num_threads=1 vs XLA, process pinned to a core
     python -m benchmarks.chrion --quick --cores 2 # also: Chrion's latency-optimal plan over 2 CPU cores
 
 For every model: ONNX Runtime CPUExecutionProvider (default threads and options) and
@@ -188,10 +188,16 @@ def main():
     ap.add_argument("--cores", type=int, default=0, help="also run the latency-optimal plan over this many CPU cores")
     ap.add_argument("--chunk-div", type=int, default=4, help="--cores: RNN operators of T / chunk_div steps")
     ap.add_argument("--single-thread", action="store_true",
-                    help="both runtimes on one thread (a fairer match on a shared, overloaded machine)")
+                    help="both runtimes on one core: ORT on one thread, XLA without its Eigen pool, the process pinned to one core")
     a = ap.parse_args()
+    pinned = None
     if a.single_thread:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+        # Without the pin XLA still ran work on the second core (process CPU / wall 1.95 on the
+        # hidden-1024 models, measured 2026-12-02), so "single thread" was not a one-core match.
+        if hasattr(os, "sched_setaffinity"):
+            pinned = min(os.sched_getaffinity(0))
+            os.sched_setaffinity(0, {pinned})
     repeats = a.repeats or (30 if a.quick else 20)
     n_host = max(2 if a.plans else 1, a.cores)
     if n_host > 1 and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
@@ -201,7 +207,9 @@ def main():
     import jax
     import onnxruntime
     print(f"jax {jax.__version__} ({jax.devices()}), onnxruntime {onnxruntime.__version__}")
-    print("threads:", "ORT 1 / XLA no Eigen thread pool" if a.single_thread else "ORT default / XLA default")
+    print("threads:", (f"ORT 1 / XLA no Eigen thread pool; process pinned to core {pinned}" if pinned is not None else
+                       "ORT 1 / XLA no Eigen thread pool (not pinned: no sched_setaffinity here)")
+          if a.single_thread else "ORT default / XLA default")
     rows = ort_vs_jax(_grid(a.quick), repeats, a.batch, ort_threads=1 if a.single_thread else 0, cores=a.cores,
                       chunk_div=a.chunk_div)
     keys = [("ratio", "median"), ("ratio_min", "minimum (least disturbed by other load)")]
