@@ -14,9 +14,11 @@ cores from the next call); the figure is the ratio of medians (jax / ORT, < 1 me
 faster) and the max abs difference of the outputs. The machine is shared: medians only, and the
 load average is printed beside the numbers.
 
-XLA:CPU runs each recurrence on one core (the per-step matrix-vector product is not threaded; the
-benchmark prints process CPU time / wall time of both runtimes), while ORT's default uses every
-core. ``--cores N`` adds our multi-core CPU path: the model imported at chunk granularity
+ORT's default splits each step over every core. XLA:CPU splits the per-step matrix-vector product
+over its thread pool only for the larger products: measured 2026-12-02 on 2 cores, a scan of
+``h @ R`` ran 1.7-1.9x faster than pinned to one core at hidden 512 and 1024 (process CPU / wall
+1.9) and no faster at hidden 256 (1.0). The benchmark prints process CPU time / wall time of both
+runtimes. ``--cores N`` adds our multi-core CPU path: the model imported at chunk granularity
 (``rnn_chunk`` steps per operator), profiled on N XLA host devices (one per core,
 ``cost.cpu_core_devices``), partitioned by the latency-optimal planner and run by the engine
 (one worker per core); its latency is interleaved with the others in the same loop.

@@ -73,9 +73,11 @@ def cpu_core_devices(n: int = 2) -> list:
     """``n`` real XLA host devices as separate CPU workers (needs ``host_device_count_flag(n)`` in
     XLA_FLAGS before importing jax): Chrion's partitioner and engine over the cores of one CPU.
 
-    XLA:CPU runs an RNN recurrence (a matrix-vector product per step) on a single core, whatever
-    its thread pool (measured: process CPU time / wall time = 1.00 for a ``lax.scan`` LSTM), so a
-    single XLA device leaves the other cores idle; separate host devices driven by one worker
+    XLA:CPU runs a small RNN recurrence (a matrix-vector product per step) on a single core
+    (measured: process CPU time / wall time = 1.00 for a ``lax.scan`` LSTM at hidden 256; from
+    hidden 512 its thread pool splits each step's product, CPU / wall 1.9 and 1.7-1.9x faster than
+    pinned to one core, re-measured 2026-12-02), so a single XLA device leaves the other cores idle
+    on small models; separate host devices driven by one worker
     thread each run independent operators (directions, the layer x time wavefront) concurrently
     [our choice: the CPU-side analogue of Chrion's CPU+GPU split; nothing here is emulated].
 
