@@ -201,15 +201,22 @@ def chain_variance(model: ThorModel, chain: Network, acquisition: str = "log") -
     return float(_pool_scores(model, [chain], acquisition)[0])
 
 
+def _prefix_rsq(mu: np.ndarray) -> np.ndarray:
+    """Relative subtraction-noise factors of a chain's terms from their predicted log costs: term i
+    is the difference of prefix costs c_{i-1}, c_i, so its noise scales with sqrt(c_{i-1}^2 + c_i^2)
+    (the fit's ``rsq`` model; shared by :func:`_believe_chain` and :func:`select_batch_alc`)."""
+    c = np.cumsum(np.exp(mu))
+    ctx = np.concatenate([[c[0]], np.sqrt(c[:-1] ** 2 + c[1:] ** 2)])
+    return (ctx / np.exp(mu)) ** 2
+
+
 def _believe_chain(model: ThorModel, chain: Network) -> ThorModel:
     """``model`` as if ``chain`` had been profiled (kriging believer, see :func:`add_pseudo_points`):
     its terms become pseudo-observations at their predicted medians, with the subtraction noise
     their predicted prefix costs would give."""
     terms = _chain_terms(chain)
     mu, _ = _predict_terms(model, terms)
-    c = np.cumsum(np.exp(mu))  # predicted prefix costs c0, c1, ...
-    ctx = np.concatenate([[c[0]], np.sqrt(c[:-1] ** 2 + c[1:] ** 2)])
-    rsq = (ctx / np.exp(mu)) ** 2
+    rsq = _prefix_rsq(mu)
     gps = dict(model.gps)
     by: dict = {}
     for i, (k, f) in enumerate(terms):
@@ -217,15 +224,6 @@ def _believe_chain(model: ThorModel, chain: Network) -> ThorModel:
     for k, idx in by.items():
         gps[k] = add_pseudo_points(gps[k], np.stack([feature_vector(k, terms[i][1]) for i in idx]), rsq[idx])
     return ThorModel(gps, model.n_samples)
-
-
-def _prefix_rsq(mu: np.ndarray) -> np.ndarray:
-    """Relative subtraction-noise factors of a chain's terms from their predicted log costs: term i
-    is the difference of prefix costs c_{i-1}, c_i, so its noise scales with sqrt(c_{i-1}^2 + c_i^2)
-    (the same model as the fit's ``rsq`` and :func:`_believe_chain`)."""
-    c = np.cumsum(np.exp(mu))
-    ctx = np.concatenate([[c[0]], np.sqrt(c[:-1] ** 2 + c[1:] ** 2)])
-    return (ctx / np.exp(mu)) ** 2
 
 
 def select_batch_alc(model: ThorModel, pool: Sequence[Network], candidates: Sequence[int], k: int) -> list[int]:
@@ -264,12 +262,18 @@ def select_batch_alc(model: ThorModel, pool: Sequence[Network], candidates: Sequ
         e = np.exp(mu_all[sel])
         w_all[sel] = e / e.sum()
         rsq[sel] = _prefix_rsq(mu_all[sel])
-    for b in blocks.values():
+    # per chain and kind: its terms' positions inside the kind's block, and their noise matrix
+    chain_obs: dict = {}
+    for kd, b in blocks.items():
         loc = {int(g): a for a, g in enumerate(b["idx"])}
-        b["loc"] = loc
-        W = np.zeros((len(b["idx"]), len(pool)))
-        W[np.arange(len(b["idx"])), owner[b["idx"]]] = w_all[b["idx"]]
-        b["W"] = W
+        b["W"] = np.zeros((len(b["idx"]), len(pool)))
+        b["W"][np.arange(len(b["idx"])), owner[b["idx"]]] = w_all[b["idx"]]
+        for a, g in enumerate(b["idx"]):
+            chain_obs.setdefault(int(owner[g]), {}).setdefault(kd, []).append(a)
+    for j, per in chain_obs.items():
+        for kd, S in per.items():
+            b = blocks[kd]
+            per[kd] = (S, np.diag(b["s2"] + b["r2"] * rsq[b["idx"][S]]))
     rest = [int(i) for i in candidates]
     unfit = {j for j in rest if any(terms[i][0] in missing for i in np.flatnonzero(owner == j))}
     pick: list = []
@@ -279,22 +283,16 @@ def select_batch_alc(model: ThorModel, pool: Sequence[Network], candidates: Sequ
             if j in unfit:
                 scores[a] = np.inf
                 continue
-            for b in blocks.values():
-                S = [b["loc"][int(i)] for i in np.flatnonzero(owner == j) if int(i) in b["loc"]]
-                if not S:
-                    continue
-                BS = b["cov"][S] @ b["W"]  # [|S|, P]
-                A = b["cov"][np.ix_(S, S)] + np.diag(b["s2"] + b["r2"] * rsq[b["idx"][S]])
-                scores[a] += float(np.sum(BS * np.linalg.solve(A, BS)))
-        a = int(np.argmax(scores))
-        j = rest.pop(a)
+            for kd, (S, N) in chain_obs.get(j, {}).items():
+                cov = blocks[kd]["cov"]
+                BS = cov[S] @ blocks[kd]["W"]  # [|S|, P]
+                scores[a] += float(np.sum(BS * np.linalg.solve(cov[np.ix_(S, S)] + N, BS)))
+        j = rest.pop(int(np.argmax(scores)))
         pick.append(j)
-        for b in blocks.values():
-            S = [b["loc"][int(i)] for i in np.flatnonzero(owner == j) if int(i) in b["loc"]]
-            if S:
-                A = b["cov"][np.ix_(S, S)] + np.diag(b["s2"] + b["r2"] * rsq[b["idx"][S]])
-                CS = b["cov"][S]
-                b["cov"] = b["cov"] - CS.T @ np.linalg.solve(A, CS)
+        for kd, (S, N) in chain_obs.get(j, {}).items():
+            cov = blocks[kd]["cov"]
+            CS = cov[S]
+            blocks[kd]["cov"] = cov - CS.T @ np.linalg.solve(cov[np.ix_(S, S)] + N, CS)
     return pick
 
 
