@@ -196,6 +196,11 @@ def main(argv=None):
 
     from jaxlab.fl.robust.defenses import DEFENSES, make_aggregator
 
+    only = [r for r in args.only.split(",") if r] or list(DEFENSES)
+    unknown = [r for r in only if r not in DEFENSES]
+    if unknown:
+        # checked before any timing, so that a typo does not cost a half-finished run
+        ap.error(f"--only: unknown rule(s) {', '.join(unknown)}; choose from {','.join(DEFENSES)}")
     n, d, f = args.n, args.d, args.f
     print(f"# {' '.join(['python -m benchmarks.aggregators'] + (argv if argv is not None else sys.argv[1:]))}")
     print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), "
@@ -211,7 +216,6 @@ def main(argv=None):
     gj, wj = jnp.asarray(g), jnp.asarray(w)
     ctx = {"root_update": jnp.asarray(g0), "ids": jnp.arange(n)}
     np_rules = numpy_rules(f)
-    only = [r for r in args.only.split(",") if r] or list(DEFENSES)
     print(f"{'rule':14s} {'numpy s':>9s} {'jaxlab s':>9s} {'speed-up':>9s} {'compile s':>10s}  max|diff|")
     for name in only:
         agg = make_aggregator(name, f=f) if name in ("krum", "multikrum", "bulyan", "trimmed_mean", "median", "dnc") \
