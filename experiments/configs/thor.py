@@ -36,6 +36,10 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     c.sim.al_stream = 0
 
     # Wall clock on this CPU (seconds per iteration)
+    # Measured 2026-12-03, not adopted: the whole study pinned to one core with single-threaded XLA
+    # (XLA_FLAGS=--xla_cpu_multi_thread_eigen=false taskset -c 1 ...) was noisier, not quieter, on this
+    # 2-vCPU machine: median window spread 31%, repeat-measurement floor 18.6%, THOR 21.7% vs FLOPs 112%
+    # over 24 held-out models (unpinned full runs: floor 5.1-8.9%, THOR 12.0-18.9%).
     c.wall = ml_collections.ConfigDict()
     c.wall.enabled = True
     c.wall.pool_chains = 240  # ~4-6 min of profiling; idle runs: 40 chains 24% (before the max/pos features), 120: 18%, 240: 12% (17% on a fresh re-measurement), 480: 15%
