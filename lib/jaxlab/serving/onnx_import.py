@@ -709,7 +709,8 @@ def _rnn_scan(b, p, X, consts, seq, h0, c0, out_y, out_h, out_c, dims, flops_ste
         tidx = jnp.arange(T, dtype=jnp.int32)
         # Measured 2026-12-03 (B=1, this CPU), not yet adopted: one scan over both directions with a
         # batched einsum('dbh,dhg->dbg') was 4-11% faster than these two scans at hidden 256-1024
-        # (two dots in one loop body was 15-41% slower; h @ R.T as a matvec 1.35-2.8x slower).
+        # (two dots in one loop body was 15-41% slower; a unidirectional step as the matvec R.T @ h instead
+        # of h @ R was 1.35-2.8x slower).
         for d in range(D):
             reverse = direction == "reverse" or d == 1
             xw = (x.reshape(T * B, I) @ a[f"W{d}"]).reshape(T, B, -1) + a[f"bW{d}"]
