@@ -58,6 +58,52 @@ def test_stacked_rnn_parity_with_onnxruntime(kw):
     _check(model, _inputs(kw["cell"], D=D, seq=kw.get("with_seq_lens", False), init=kw.get("with_initial_state", False)))
 
 
+def _single_rnn_node(cell, direction, attrs, T=5, B=3, I=4, H=6, peepholes=False, seq=False, seed=0):
+    """One ONNX LSTM/GRU/RNN node with every output exposed (Y, Y_h and, for LSTM, Y_c)."""
+    from onnx import numpy_helper
+    rng = np.random.default_rng(seed)
+    D, G = (2 if direction == "bidirectional" else 1), {"LSTM": 4, "GRU": 3, "RNN": 1}[cell]
+    inits = [numpy_helper.from_array(rng.uniform(-0.5, 0.5, size).astype(np.float32), n)
+             for n, size in (("W", (D, G * H, I)), ("R", (D, G * H, H)), ("B", (D, 2 * G * H)))]
+    ins = ["x", "W", "R", "B", "seq_lens" if seq else ""]
+    if peepholes:
+        inits.append(numpy_helper.from_array(rng.uniform(-0.5, 0.5, (D, 3 * H)).astype(np.float32), "P"))
+        ins += ["", "", "P"]
+    outs = ["Y", "Y_h"] + (["Y_c"] if cell == "LSTM" else [])
+    node = helper.make_node(cell, [i for i in ins], outs, name="rnn", hidden_size=H, direction=direction, **attrs)
+    graph_in = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [T, B, I])]
+    if seq:
+        graph_in.append(helper.make_tensor_value_info("seq_lens", TensorProto.INT32, [B]))
+    shapes = {"Y": [T, D, B, H], "Y_h": [D, B, H], "Y_c": [D, B, H]}
+    graph_out = [helper.make_tensor_value_info(o, TensorProto.FLOAT, shapes[o]) for o in outs]
+    model = helper.make_model(helper.make_graph([node], "rnn", graph_in, graph_out, inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    inp = {"x": rng.normal(size=(T, B, I)).astype(np.float32) * 2}
+    if seq:
+        inp["seq_lens"] = np.array([T, 2, 1][:B], np.int32)
+    return model, inp
+
+
+RARE_ATTRS = [
+    # peepholes + clip + input_forget: the stacked-direction scan slices P and the gates on the last axis
+    ("LSTM", "bidirectional", dict(clip=1.5, input_forget=1), True, True),
+    ("LSTM", "bidirectional", dict(clip=0.8), True, False),
+    ("GRU", "bidirectional", dict(linear_before_reset=1), False, True),
+    ("GRU", "bidirectional", dict(clip=1.0), False, False),
+    # different activations per direction: one scan per direction (the fallback of the joint scan)
+    ("LSTM", "bidirectional", dict(activations=["Sigmoid", "Tanh", "Tanh", "Sigmoid", "Relu", "Tanh"]), False, True),
+    ("RNN", "bidirectional", dict(activations=["Tanh", "Relu"]), False, True),
+    ("LSTM", "reverse", dict(clip=1.0), True, True),
+]
+
+
+@pytest.mark.parametrize("cell,direction,attrs,peepholes,seq", RARE_ATTRS,
+                         ids=lambda v: str(v) if not isinstance(v, dict) else "-".join(f"{k}" for k in v))
+def test_rnn_attributes_parity_with_onnxruntime(cell, direction, attrs, peepholes, seq):
+    model, inp = _single_rnn_node(cell, direction, attrs, peepholes=peepholes, seq=seq)
+    _check(model, inp)
+
+
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 def test_seq2seq_encoder_decoder_parity(cell):
     model = make_seq2seq_model(cell, vocab=11, embed=6, hidden=8, src_len=5, tgt_len=4, batch=2)

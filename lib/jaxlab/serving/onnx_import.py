@@ -397,6 +397,7 @@ def _argmax(b, node, ins, outs, at):
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 _SCAN_UNROLL = [1]
+_JOINT_SCAN_MAX_HIDDEN = 512  # bidirectional layers below this hidden size: one scan for both directions
 _DEFAULT_ACTS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
 
 
@@ -436,7 +437,12 @@ def _rnn_params(b, node, ins, at):
 
 
 def _cell_math(p, d):
-    """Returns step(xw, h, c, R_T, bR) -> (h, c) for direction d, where xw = x @ W_T + bias part."""
+    """Returns step(xw, h, c, R_T, bR, P) -> (h, c) for direction d, where xw = x @ W_T + bias part.
+
+    Gate slices index the last axis, so the same step also runs both directions of a
+    bidirectional layer at once: h, c [D, B, H], R_T [D, H, G*H], bR and P [D, 1, .] (``h @ R_T``
+    is then a batched matmul).
+    """
     kind, H = p["kind"], p["H"]
     acts = [_ACT[a] for a in p["acts"][d * len(_DEFAULT_ACTS[kind]):(d + 1) * len(_DEFAULT_ACTS[kind])]]
     clip = p["clip"]
@@ -451,18 +457,18 @@ def _cell_math(p, d):
             if Pd is None and not input_forget:
                 # i, o, f are contiguous in ONNX's iofc order: one activation over the block
                 # (fewer XLA kernels per step; same values).
-                s = f_act(cl(g[:, :3 * H]))
-                c_new = s[:, 2 * H:] * c + s[:, :H] * g_act(cl(g[:, 3 * H:]))
-                return s[:, H:2 * H] * h_act(c_new), c_new
-            gi, go, gf, gc = g[:, :H], g[:, H:2 * H], g[:, 2 * H:3 * H], g[:, 3 * H:]
+                s = f_act(cl(g[..., :3 * H]))
+                c_new = s[..., 2 * H:] * c + s[..., :H] * g_act(cl(g[..., 3 * H:]))
+                return s[..., H:2 * H] * h_act(c_new), c_new
+            gi, go, gf, gc = g[..., :H], g[..., H:2 * H], g[..., 2 * H:3 * H], g[..., 3 * H:]
             if Pd is not None:
-                gi = gi + Pd[:H] * c
-                gf = gf + Pd[2 * H:] * c
+                gi = gi + Pd[..., :H] * c
+                gf = gf + Pd[..., 2 * H:] * c
             i = f_act(cl(gi))
             f = (1.0 - i) if input_forget else f_act(cl(gf))
             c_new = f * c + i * g_act(cl(gc))
             if Pd is not None:
-                go = go + Pd[H:2 * H] * c_new
+                go = go + Pd[..., H:2 * H] * c_new
             o = f_act(cl(go))
             return o * h_act(c_new), c_new
     elif kind == "GRU":
@@ -471,14 +477,14 @@ def _cell_math(p, d):
         def step(xw, h, c, R_T, bR, Pd):
             if lbr:
                 gh = h @ R_T + bR
-                z = f_act(cl(xw[:, :H] + gh[:, :H]))
-                r = f_act(cl(xw[:, H:2 * H] + gh[:, H:2 * H]))
-                hh = g_act(cl(xw[:, 2 * H:] + r * gh[:, 2 * H:]))
+                z = f_act(cl(xw[..., :H] + gh[..., :H]))
+                r = f_act(cl(xw[..., H:2 * H] + gh[..., H:2 * H]))
+                hh = g_act(cl(xw[..., 2 * H:] + r * gh[..., 2 * H:]))
             else:
-                gzr = h @ R_T[:, :2 * H] + bR[:2 * H]
-                z = f_act(cl(xw[:, :H] + gzr[:, :H]))
-                r = f_act(cl(xw[:, H:2 * H] + gzr[:, H:]))
-                hh = g_act(cl(xw[:, 2 * H:] + (r * h) @ R_T[:, 2 * H:] + bR[2 * H:]))
+                gzr = h @ R_T[..., :2 * H] + bR[..., :2 * H]
+                z = f_act(cl(xw[..., :H] + gzr[..., :H]))
+                r = f_act(cl(xw[..., H:2 * H] + gzr[..., H:]))
+                hh = g_act(cl(xw[..., 2 * H:] + (r * h) @ R_T[..., 2 * H:] + bR[..., 2 * H:]))
             return (1.0 - z) * hh + z * h, c
     else:
         (f_act,) = acts
@@ -687,50 +693,85 @@ def _rnn_scan(b, p, X, consts, seq, h0, c0, out_y, out_h, out_c, dims, flops_ste
     T, B, I = dims
     kind, D, H = p["kind"], p["D"], p["H"]
     steps = [_cell_math(p, d) for d in range(D)]
+    n_act = len(_DEFAULT_ACTS[kind])
+    # Both directions of a bidirectional layer in ONE lax.scan, the recurrent products as one batched
+    # matmul [2, B, H] x [2, H, G*H], below hidden 512 only [our choice, measured 2026-12-03 at B=1 on this
+    # 2-core CPU with benchmarks.chrion, two runs each: hidden 256 0.77-0.93x the time of one scan per
+    # direction; hidden 512 1.0-1.3x and hidden 1024 1.25-1.7x, with process CPU / wall about 1.9 either way,
+    # so XLA:CPU's batched-matmul kernel, not its threading, is the slower one there]. Slicing a stacked R
+    # inside the body copies it every step, so the stacked weights are import-time constants. Needs the
+    # same activations in both directions (one step function); otherwise one scan per direction.
+    joint = D == 2 and H < _JOINT_SCAN_MAX_HIDDEN and p["acts"][:n_act] == p["acts"][n_act:]
     names = ["x"]
     vals = [X]
     for d in range(D):
         Wt, Rt, bW, bR, Pd = consts[d]
-        names += [f"W{d}", f"R{d}", f"bW{d}", f"bR{d}"]
-        vals += [Wt, Rt, bW, bR]
-        if Pd is not None:
-            names.append(f"P{d}"); vals.append(Pd)
+        names += [f"W{d}", f"bW{d}"]
+        vals += [Wt, bW]
+        if not joint:
+            names += [f"R{d}", f"bR{d}"]
+            vals += [Rt, bR]
+            if Pd is not None:
+                names.append(f"P{d}"); vals.append(Pd)
+    if joint:
+        cst = b.constants
+        names += ["R", "bR"]
+        vals += [b.const(f"{base}/R_T", np.stack([cst[consts[d][1]] for d in range(2)])),
+                 b.const(f"{base}/bR", np.stack([cst[consts[d][3]] for d in range(2)])[:, None])]
+        if consts[0][4] is not None:
+            names.append("P")
+            vals.append(b.const(f"{base}/P", np.stack([cst[consts[d][4]] for d in range(2)])[:, None]))
     for k, v in (("h0", h0), ("c0", c0), ("seq", seq)):
         if v:
             names.append(k); vals.append(v)
     names = tuple(names)
     direction = p["direction"]
 
+    def masked(hn, cn, h, c, m):
+        """Steps past a sequence's length keep the state and output zeros (ONNX sequence_lens)."""
+        if m is None:
+            return hn, cn, hn
+        where = _jnp().where
+        return where(m, hn, h), where(m, cn, c), where(m, hn, 0.0)
+
     def fn(*args):
         jax, jnp = _jax(), _jnp()
         a = dict(zip(names, args))
         x = a["x"]
-        ys, hs, cs = [], [], []
         tidx = jnp.arange(T, dtype=jnp.int32)
-        # Measured 2026-12-03 (B=1, this CPU), not yet adopted: one scan over both directions with a
-        # batched einsum('dbh,dhg->dbg') was 4-11% faster than these two scans at hidden 256-1024
-        # (two dots in one loop body was 15-41% slower; a unidirectional step as the matvec R.T @ h instead
-        # of h @ R was 1.35-2.8x slower).
+        seqv = a["seq"].astype(jnp.int32) if "seq" in a else None
+        xws = [(x.reshape(T * B, I) @ a[f"W{d}"]).reshape(T, B, -1) + a[f"bW{d}"] for d in range(D)]
+        if joint:
+            # scan index s: the forward direction at time s, the backward one at time T-1-s
+            xw = jnp.stack([xws[0], xws[1][::-1]], axis=1)                       # [T, 2, B, G*H]
+            tt = jnp.stack([tidx, T - 1 - tidx], axis=1)                          # [T, 2]
+            h = a["h0"] if "h0" in a else jnp.zeros((2, B, H), x.dtype)
+            c = a["c0"] if "c0" in a else jnp.zeros((2, B, H), x.dtype)
+            R, bR, P, step = a["R"], a["bR"], a.get("P"), steps[0]
+
+            def body(carry, inp):
+                h, c = carry
+                xw_t, t = inp
+                hn, cn = step(xw_t, h, c, R, bR, P)
+                m = None if seqv is None else (t[:, None] < seqv[None, :])[..., None]
+                hn, cn, y = masked(hn, cn, h, c, m)
+                return (hn, cn), y
+            (h, c), y = jax.lax.scan(body, (h, c), (xw, tt), unroll=_SCAN_UNROLL[0])
+            return jnp.stack([y[:, 0], y[::-1, 1]], axis=1), h, c
+        ys, hs, cs = [], [], []
         for d in range(D):
             reverse = direction == "reverse" or d == 1
-            xw = (x.reshape(T * B, I) @ a[f"W{d}"]).reshape(T, B, -1) + a[f"bW{d}"]
             h = a["h0"][d] if "h0" in a else jnp.zeros((B, H), x.dtype)
             c = a["c0"][d] if "c0" in a else jnp.zeros((B, H), x.dtype)
             R, bR, Pd, step = a[f"R{d}"], a[f"bR{d}"], a.get(f"P{d}"), steps[d]
-            seqv = a["seq"].astype(jnp.int32) if "seq" in a else None
 
-            def body(carry, inp, R=R, bR=bR, Pd=Pd, step=step, seqv=seqv):
+            def body(carry, inp, R=R, bR=bR, Pd=Pd, step=step):
                 h, c = carry
                 xw_t, t = inp
                 hn, cn = step(xw_t, h, c, R, bR, Pd)
-                if seqv is not None:
-                    m = (t < seqv)[:, None]
-                    hn, cn = jnp.where(m, hn, h), jnp.where(m, cn, c)
-                    y = jnp.where(m, hn, 0.0)
-                else:
-                    y = hn
+                hn, cn, y = masked(hn, cn, h, c, None if seqv is None else (t < seqv)[:, None])
                 return (hn, cn), y
-            (h, c), y = jax.lax.scan(body, (h, c), (xw, tidx), reverse=reverse, unroll=_SCAN_UNROLL[0])
+            (h, c), y = jax.lax.scan(body, (h, c), (xws[d], tidx), reverse=reverse, unroll=_SCAN_UNROLL[0])
             ys.append(y); hs.append(h); cs.append(c)
         return (jnp.stack(ys, axis=1), jnp.stack(hs, 0), jnp.stack(cs, 0))
     tmp = [out_y or b.fresh(f"{base}/Y"), out_h or b.fresh(f"{base}/Y_h"), out_c or b.fresh(f"{base}/Y_c")]
