@@ -70,7 +70,7 @@ def _single_rnn_node(cell, direction, attrs, T=5, B=3, I=4, H=6, peepholes=False
         inits.append(numpy_helper.from_array(rng.uniform(-0.5, 0.5, (D, 3 * H)).astype(np.float32), "P"))
         ins += ["", "", "P"]
     outs = ["Y", "Y_h"] + (["Y_c"] if cell == "LSTM" else [])
-    node = helper.make_node(cell, [i for i in ins], outs, name="rnn", hidden_size=H, direction=direction, **attrs)
+    node = helper.make_node(cell, ins, outs, name="rnn", hidden_size=H, direction=direction, **attrs)
     graph_in = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [T, B, I])]
     if seq:
         graph_in.append(helper.make_tensor_value_info("seq_lens", TensorProto.INT32, [B]))
