@@ -348,6 +348,37 @@ def test_sorting_network_sorts_any_row_count_with_ties(n, seed, ties):
     np.testing.assert_array_equal(np.asarray(D.sort_rows(jnp.asarray(x))), np.sort(x, axis=0))
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.integers(2, 40), st.integers(0, 10_000), st.booleans(), st.integers(1, 3))
+def test_partition_network_puts_every_value_in_its_rank_group(n, seed, ties, cuts):
+    # the trimmed mean's bottom / middle / top network (and other cuts): each group holds exactly
+    # the sorted values of its ranks, as a multiset, while fewer compare-exchanges are run
+    rng = np.random.default_rng(seed)
+    x = (rng.integers(-3, 4, (n, 9)) if ties else rng.standard_normal((n, 9))).astype(np.float32)
+    edges = np.sort(rng.integers(0, n + 1, cuts))
+    groups = np.searchsorted(edges, np.arange(n), side="right").tolist()
+    out = np.stack([np.asarray(r) for r in D._sort_network([jnp.asarray(r) for r in x], groups)])
+    ref = np.sort(x, axis=0)
+    for gid in set(groups):
+        rows = [i for i, g in enumerate(groups) if g == gid]
+        np.testing.assert_array_equal(np.sort(out[rows], axis=0), ref[rows])
+
+
+def test_partition_network_drops_within_group_compare_exchanges():
+    # hand-checkable on Batcher's schedule for 4 rows, (0,1) (2,3) (0,2) (1,3) (1,2): split 2 | 2,
+    # the last op orders ranks 1 and 2 (different groups), so nothing goes; split 1 | 3 (only the
+    # minimum is singled out), (1,2) and then (1,3) are inside group 1 and go, leaving the three
+    # ops that find the minimum; one group needs no op at all
+    steps = D._network_steps(4)
+    assert [s[1:] for s in steps] == [(0, 1), (2, 3), (0, 2), (1, 3), (1, 2)]
+    assert len(D._prune_within_groups(steps, 4, [0, 0, 1, 1])) == 5
+    assert [s[1:] for s in D._prune_within_groups(steps, 4, [0, 1, 1, 1])] == [(0, 1), (2, 3), (0, 2)]
+    assert D._prune_within_groups(steps, 4, [0, 0, 0, 0]) == []
+    full = D._network_steps(100)
+    pruned = D._prune_within_groups(full, 100, [0] * 20 + [1] * 60 + [2] * 20)
+    assert len(pruned) < len(full)
+
+
 @pytest.mark.parametrize("pair_cos,pair_alpha", [(0.8, 0.0), (0.5, 0.5)])
 def test_foolsgold_zeroes_two_alike_honest_clients_next_to_one_unlike_client(pair_cos, pair_alpha):
     """Hand-checkable: h1, h2 with cosine c, u orthogonal to both. v = (c, c, 0); u is pardoned to 0;

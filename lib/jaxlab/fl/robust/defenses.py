@@ -228,11 +228,13 @@ def _sorted_row_list(x) -> list:
     return _sort_network([x[i] for i in range(x.shape[0])])
 
 
-def _sort_network(rows: list) -> list:
-    """:func:`_sorted_row_list` on a list of ``[d]`` arrays."""
-    n = len(rows)
+def _network_steps(n: int) -> list:
+    """The static schedule of :func:`_sort_network` for ``n`` rows: ``('cx', lo, hi)``
+    compare-exchanges and ``('mv', lo, hi)`` moves (a +inf padding row met a real row at ``hi``:
+    the real row moves to ``lo``, no op), in order."""
     size = 1 << max(n - 1, 0).bit_length()
-    rows = list(rows) + [None] * (size - n)   # None = +inf padding
+    pad = [i >= n for i in range(size)]
+    steps = []
     p = 1
     while p < size:
         k = p
@@ -243,14 +245,61 @@ def _sort_network(rows: list) -> list:
                     lo_i, hi_i = i + j, i + j + k
                     if lo_i // (2 * p) != hi_i // (2 * p):
                         continue
-                    a, b = rows[lo_i], rows[hi_i]
-                    if a is None:                   # min(inf, b) = b, max(inf, b) = inf
-                        rows[lo_i], rows[hi_i] = b, None
-                    elif b is not None:
-                        rows[lo_i], rows[hi_i] = jnp.minimum(a, b), jnp.maximum(a, b)
+                    if pad[lo_i]:                   # min(inf, b) = b, max(inf, b) = inf
+                        if not pad[hi_i]:
+                            steps.append(("mv", lo_i, hi_i))
+                            pad[lo_i], pad[hi_i] = False, True
+                    elif not pad[hi_i]:
+                        steps.append(("cx", lo_i, hi_i))
                 j += 2 * k
             k //= 2
         p *= 2
+    return steps
+
+
+def _prune_within_groups(steps: list, n: int, groups) -> list:
+    """Drops the compare-exchanges whose two outputs go, with no later op, to output ranks of the
+    same group: swapping two values inside a group changes no consumer that treats the group as a
+    multiset (a sum). Walks the schedule backwards, so a dropped op can make an earlier one
+    droppable too."""
+    unknown = object()
+    size = 1 << max(n - 1, 0).bit_length()
+    dest = [groups[i] if i < n else unknown for i in range(size)]
+    keep = [True] * len(steps)
+    for s in range(len(steps) - 1, -1, -1):
+        op, lo, hi = steps[s]
+        if op == "mv":
+            dest[hi], dest[lo] = dest[lo], unknown
+        elif dest[lo] is not unknown and dest[lo] == dest[hi]:
+            keep[s] = False
+        else:
+            dest[lo] = dest[hi] = unknown
+    return [st for st, k in zip(steps, keep) if k]
+
+
+def _sort_network(rows: list, groups=None) -> list:
+    """:func:`_sorted_row_list` on a list of ``[d]`` arrays.
+
+    ``groups`` (optional, one hashable label per output rank): a *partition* network instead of a
+    sort, for consumers that only use the multiset of values in each group (e.g. the trimmed
+    mean's middle ``n - 2f`` ranks, summed). The order of values within a group is then arbitrary;
+    which group each value lands in is exact. At ``n = 100``, ``f = 20`` (the trimmed mean's
+    bottom / middle / top) this drops 12% of the min/max ops that XLA keeps after dead-code
+    elimination (2060 -> 1822 per coordinate, counted from the schedule)."""
+    n = len(rows)
+    steps = _network_steps(n)
+    if groups is not None:
+        if len(groups) != n:
+            raise ValueError(f"_sort_network: {len(groups)} group labels for {n} rows")
+        steps = _prune_within_groups(steps, n, list(groups))
+    size = 1 << max(n - 1, 0).bit_length()
+    rows = list(rows) + [None] * (size - n)   # None = +inf padding
+    for op, lo, hi in steps:
+        a, b = rows[lo], rows[hi]
+        if op == "mv":
+            rows[lo], rows[hi] = b, None
+        else:
+            rows[lo], rows[hi] = jnp.minimum(a, b), jnp.maximum(a, b)
     return rows[:n]
 
 
@@ -423,7 +472,10 @@ def trimmed_mean(updates, weights=None, key=None, *, f: int) -> AggOut:
             return AggOut(g.mean(axis=0), jnp.ones(n, bool))
         if n > _NETWORK_MAX_ROWS:
             return AggOut(jnp.sort(g, axis=0)[f:n - f].mean(axis=0), jnp.ones(n, bool))
-        return AggOut(_tree_sum(_sorted_row_list(g)[f:n - f]) / (n - 2 * f), jnp.ones(n, bool))
+        # only the middle ranks' sum is used: a partition network (bottom f / middle / top f)
+        groups = [0] * f + [1] * (n - 2 * f) + [2] * f
+        rows = _sort_network([g[i] for i in range(n)], groups)
+        return AggOut(_tree_sum(rows[f:n - f]) / (n - 2 * f), jnp.ones(n, bool))
 
     return _guarded("trimmed_mean", updates, weights, impl)
 
