@@ -394,3 +394,20 @@ def test_foolsgold_zeroes_two_alike_honest_clients_next_to_one_unlike_client(pai
     alpha = np.array([pair_alpha, pair_alpha, 1.0])
     np.testing.assert_allclose(out.update, alpha @ g / alpha.sum(), rtol=1e-5, atol=1e-6)
     assert np.asarray(out.benign).tolist() == [pair_alpha > 0, pair_alpha > 0, True]
+
+
+def test_aggregator_benchmark_runs_every_rule_at_a_small_size(capsys):
+    # the benchmark's NumPy baselines must agree with the rules (max|diff| column) and run at any
+    # size a user passes (its DnC baseline once failed for d below its 10,000-coordinate subsample)
+    from benchmarks import aggregators as bench
+    bench.main(["--n", "12", "--d", "2000", "--f", "2", "--repeats", "1"])
+    rows = {}
+    for line in capsys.readouterr().out.splitlines():
+        parts = line.split()
+        if len(parts) == 6 and parts[3].endswith("x"):
+            rows[parts[0]] = float(parts[5])
+    assert set(rows) == {"fedavg", "krum", "multikrum", "bulyan", "median", "trimmed_mean", "geomed", "cclip",
+                         "fltrust", "flame", "foolsgold", "dnc"}
+    for name, diff in rows.items():
+        if name not in ("dnc", "flame"):   # random subsamples / noise: not compared, printed as nan
+            assert diff < 2e-4, (name, diff)
