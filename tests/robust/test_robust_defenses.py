@@ -411,3 +411,13 @@ def test_aggregator_benchmark_runs_every_rule_at_a_small_size(capsys):
     for name, diff in rows.items():
         if name not in ("dnc", "flame"):   # random subsamples / noise: not compared, printed as nan
             assert diff < 2e-4, (name, diff)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 21])
+def test_reduce_rows_matches_numpy_leading_axis_reductions(n):
+    x = np.random.default_rng(n).standard_normal((n, 7, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(D.reduce_rows(jnp.asarray(x))), x.astype(np.float64).sum(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(D.reduce_rows(jnp.asarray(x), jnp.maximum)), x.max(0))
+    np.testing.assert_array_equal(np.asarray(D.reduce_rows(jnp.asarray(x), jnp.minimum)), x.min(0))
+    with pytest.raises(ValueError, match="empty leading axis"):
+        D.reduce_rows(jnp.zeros((0, 3)))

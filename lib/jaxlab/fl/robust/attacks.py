@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.stats import norm
 
-from jaxlab.fl.robust.defenses import check_updates, krum_scores
+from jaxlab.fl.robust.defenses import check_updates, krum_scores, reduce_rows
 
 __all__ = ["Attack", "ATTACKS", "KNOWLEDGE", "make_attack", "observed_mask", "masked_mean", "masked_std",
            "gaussian", "sign_flip", "ipm", "lie", "lie_z", "fang_trim", "fang_krum", "min_max", "min_sum",
@@ -116,9 +116,10 @@ def fang_trim(updates, observed, is_mal, key):
     coordinate; min/max over the observed rows."""
     del is_mal
     big = jnp.finfo(updates.dtype).max
-    mx = jnp.max(jnp.where(observed[:, None], updates, -big), axis=0)
-    mn = jnp.min(jnp.where(observed[:, None], updates, big), axis=0)
-    s = jnp.sign(jnp.sum(jnp.where(observed[:, None], updates, 0.0), axis=0))
+    # leading-axis reductions as row trees / a matrix-vector product (see defenses.reduce_rows)
+    mx = reduce_rows(jnp.where(observed[:, None], updates, -big), jnp.maximum)
+    mn = reduce_rows(jnp.where(observed[:, None], updates, big), jnp.minimum)
+    s = jnp.sign(observed.astype(updates.dtype) @ jnp.where(observed[:, None], updates, 0.0))
     b = jax.random.uniform(key, updates.shape, updates.dtype, 1.0, 2.0)
     pos = jnp.where(mn > 0, mn / b, mn * b)
     neg = jnp.where(mx > 0, mx * b, mx / b)
@@ -139,7 +140,7 @@ def fang_krum(updates, observed, is_mal, key, *, f_assumed: int | None = None, l
     n, d = updates.shape
     f = is_mal.sum()
     g = updates
-    s = jnp.sign(jnp.sum(jnp.where(observed[:, None], g, 0.0), axis=0))
+    s = jnp.sign(observed.astype(g.dtype) @ jnp.where(observed[:, None], g, 0.0))
     sq = jnp.sum(g * g, axis=1)
     gram = g @ g.T
     d_bb = jnp.maximum(sq[:, None] + sq[None, :] - 2 * gram, 0.0) * (1 - jnp.eye(n))

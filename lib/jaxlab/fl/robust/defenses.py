@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["AggOut", "Aggregator", "DEFENSES", "make_aggregator", "max_admissible_f", "check_updates",
+__all__ = ["AggOut", "Aggregator", "DEFENSES", "make_aggregator", "max_admissible_f", "check_updates", "reduce_rows",
            "pairwise_sq_dists", "gram", "krum_scores", "sort_rows", "fedavg_mean", "krum", "multi_krum", "bulyan", "coordinate_median",
            "trimmed_mean", "geometric_median", "centered_clipping", "fltrust", "flame", "foolsgold", "dnc",
            "sample_without_replacement"]
@@ -306,10 +306,29 @@ def _sort_network(rows: list, groups=None) -> list:
 def _tree_sum(rows: list):
     """Elementwise sum of a list of equal-shape arrays as a balanced tree (a linear chain of adds
     is one long dependency chain that XLA:CPU splits into many passes over memory)."""
+    return _tree_reduce(rows, jnp.add)
+
+
+def _tree_reduce(rows: list, op):
     rows = list(rows)
     while len(rows) > 1:
-        rows = [a + b for a, b in zip(rows[0::2], rows[1::2])] + ([rows[-1]] if len(rows) % 2 else [])
+        rows = [op(a, b) for a, b in zip(rows[0::2], rows[1::2])] + ([rows[-1]] if len(rows) % 2 else [])
     return rows[0]
+
+
+def reduce_rows(x, op=jnp.add):
+    """``op``-reduction of ``x [n, ...]`` over its leading (client) axis as a balanced tree of its
+    ``n`` rows, each a contiguous array, so that XLA fuses the tree into one vectorised elementwise
+    loop. XLA:CPU (jax 0.10) lowers ``jnp.sum/max/min(x, axis=0)`` to a loop whose inner step
+    strides over the rows: measured on our 2-core CPU, the sum over ``[100, 1e6]`` took 540 ms
+    against 43 ms as this tree (13 ms as ``ones @ x``, the better form for a plain sum), the max
+    306 ms against 20 ms; and the forward+backward of SkyMask's mask mixing over ``[21, 119440]``
+    30.7 ms against 8.2 ms. ``op``: a binary elementwise function (``jnp.add``, ``jnp.maximum``,
+    ``jnp.minimum``)."""
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError("reduce_rows: empty leading axis")
+    return _tree_reduce(jnp.unstack(x) if n > 1 else [x[0]], op)
 
 
 def sort_rows(x):
@@ -468,10 +487,12 @@ def trimmed_mean(updates, weights=None, key=None, *, f: int) -> AggOut:
     _check_f(f, n, "trimmed_mean", "2f<n")
 
     def impl(g, w, finite):
+        # plain means as a matrix-vector product (XLA:CPU's leading-axis reduce: see reduce_rows)
         if f == 0:
-            return AggOut(g.mean(axis=0), jnp.ones(n, bool))
+            return AggOut(jnp.full((n,), 1.0 / n, g.dtype) @ g, jnp.ones(n, bool))
         if n > _NETWORK_MAX_ROWS:
-            return AggOut(jnp.sort(g, axis=0)[f:n - f].mean(axis=0), jnp.ones(n, bool))
+            return AggOut(jnp.full((n - 2 * f,), 1.0 / (n - 2 * f), g.dtype) @ jnp.sort(g, axis=0)[f:n - f],
+                          jnp.ones(n, bool))
         # only the middle ranks' sum is used: a partition network (bottom f / middle / top f)
         groups = [0] * f + [1] * (n - 2 * f) + [2] * f
         rows = _sort_network([g[i] for i in range(n)], groups)
@@ -689,7 +710,7 @@ def dnc(updates, weights=None, key=None, *, f: int, niters: int = 5, b: int = 10
             idx = sample_without_replacement(k, d, b) if b < d else jnp.arange(d)
             x = g[:, idx]
             cnt = jnp.maximum(finite.sum(), 1)
-            mu = jnp.sum(jnp.where(finite[:, None], x, 0.0), axis=0) / cnt
+            mu = (finite.astype(x.dtype) @ jnp.where(finite[:, None], x, 0.0)) / cnt
             xc = jnp.where(finite[:, None], x - mu, 0.0)
             evals, evecs = jnp.linalg.eigh(xc @ xc.T)
             s = evals[-1] * evecs[:, -1] ** 2
