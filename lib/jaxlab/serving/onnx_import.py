@@ -701,6 +701,13 @@ def _rnn_scan(b, p, X, consts, seq, h0, c0, out_y, out_h, out_c, dims, flops_ste
     # so XLA:CPU's batched-matmul kernel, not its threading, is the slower one there]. Slicing a stacked R
     # inside the body copies it every step, so the stacked weights are import-time constants. Needs the
     # same activations in both directions (one step function); otherwise one scan per direction.
+    # Also measured 2026-12-03 (scratch, B=1, hidden 256, T 64), not adopted: two independent scans in one
+    # jitted function run one after the other on XLA:CPU (2.16-2.38 ms vs 1.10-1.18 ms for one), so a
+    # stacked model's layers cannot overlap inside one executable; two host threads on one CPU device do
+    # overlap two 1.1 ms calls (1.27 ms for both), but a layer wavefront cut into 2 or 4 chunks per layer
+    # (two threads, or async dispatch over two host devices) took 3.3-6.1 ms against 2.8-3.3 ms for the
+    # whole-model scan: at chunks of 0.3-0.7 ms the hand-offs cost more than the overlap gains. Splitting
+    # the recurrent product by columns into a batched [2|4, H, .] matmul was 1.2x slower than one dot.
     joint = D == 2 and H < _JOINT_SCAN_MAX_HIDDEN and p["acts"][:n_act] == p["acts"][n_act:]
     names = ["x"]
     vals = [X]
