@@ -164,6 +164,13 @@ def run(config, workdir) -> dict:
                "cells": {f"{r['attack']}/{r['defense']}{'/pill' if r['pill'] else ''}":
                          {k: r[k] for k in ("acc", "fpr", "fnr") if k in r} for r in rows},
                "no_attack_fedavg_acc": base.get("fedavg")}
+    oracle = {r["attack"]: r["acc"] for r in rows if r["defense"] == "oracle" and not r["pill"]}
+    if oracle:
+        # FedAvg over the benign clients only (a perfect detector, defenses.oracle_mean): what any selecting
+        # rule can reach at best; a gap to no-attack FedAvg that the oracle shares is the attackers' missing data
+        summary["oracle_acc"] = oracle
+        summary["oracle_note"] = ("FedAvg over the truly benign clients (ground truth, not a defense): the best a "
+                                  "detector can do; compare a selecting rule with it and with no-attack FedAvg")
     if config.get("attack_hparams"):
         summary["attack_hparams"] = config.attack_hparams.to_dict()
     wd.write_summary(summary)

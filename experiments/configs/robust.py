@@ -95,7 +95,12 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     elif preset == "skymask":
         # the SkyMask claim: matrix setting, the five attacks x SkyMask and the baselines it
         # must beat; run once per fraction (--config.attacker_fraction=0.2 or 0.5)
-        c.defenses = ("fedavg", "krum", "median", "fltrust", "skymask")
+        # "oracle" = FedAvg over the truly benign clients (defenses.oracle_mean), SkyMask's ceiling.
+        # 50% attackers, seeds 0 / 1 / 2 (2026-12-03, --config.attacker_fraction=0.5 --config.seed=S, ~3 min each):
+        # SkyMask FPR = FNR = 0 under all five attacks and 0.0-0.2 points below the oracle every time; its gap to
+        # no-attack FedAvg (92.8 / 94.0 / 93.7) is 3.2 / 4.2 / 1.1 points and the oracle's is 3.0 / 4.0 / 1.1:
+        # at 50% the benign half's data alone (Fang's non-IID split) is what costs the 3-4 points, not detection.
+        c.defenses = ("fedavg", "krum", "median", "fltrust", "skymask", "oracle")
         c.attacks = ("none", "lie", "fang_trim", "fang_krum", "min_max", "min_sum")
         _attack_by_defense_only(c)
     elif preset == "skymask_adaptive":

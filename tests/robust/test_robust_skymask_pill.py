@@ -144,3 +144,48 @@ def test_robust_fedavg_counts_detection_and_rejects_bad_setup(tiny_fed):
         robust_fedavg(model, defense=make_aggregator("fltrust"), malicious=mal)
     with pytest.raises(ValueError, match="malicious"):
         simulate(robust_fedavg(model, defense=make_aggregator("fedavg"), malicious=mal[:-1]), tiny_fed, 1)
+
+
+def test_oracle_rule_is_the_weighted_mean_of_the_truly_benign_rows():
+    from jaxlab.fl.robust.defenses import make_aggregator, oracle_mean
+
+    rng = np.random.default_rng(4)
+    g = rng.normal(size=(7, 30)).astype(np.float32)
+    w = rng.uniform(1, 5, 7).astype(np.float32)
+    mal = np.array([1, 0, 0, 1, 0, 1, 0], bool)
+    out = oracle_mean(jnp.asarray(g), jnp.asarray(w), malicious=jnp.asarray(mal))
+    want = (w[~mal, None].astype(np.float64) * g[~mal]).sum(0) / w[~mal].sum()
+    np.testing.assert_allclose(out.update, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out.benign, ~mal)
+    jitted = jax.jit(lambda g, m: oracle_mean(g, None, malicious=m))(jnp.asarray(g), jnp.asarray(mal))
+    np.testing.assert_allclose(jitted.update, g[~mal].mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(oracle_mean(g, None, malicious=np.ones(7, bool)).update, np.zeros(30))  # nobody left
+    agg = make_aggregator("oracle")
+    with pytest.raises(ValueError, match="ctx\\['malicious'\\]"):
+        agg.apply(jnp.asarray(g), None, None, (), {})
+    with pytest.raises(ValueError, match="expected \\(7,\\)"):
+        oracle_mean(g, None, malicious=mal[:-1])
+
+
+def test_oracle_in_the_fl_wrapper_ignores_the_attackers_exactly(tiny_fed):
+    """Under a wrecking attack the oracle's model equals FedAvg over the benign clients alone: the
+    attackers' rows get weight 0 and every attacker is flagged, no benign client is."""
+    from jaxlab.fl.robust.attacks import make_attack
+    from jaxlab.fl.robust.defenses import make_aggregator
+    from jaxlab.fl.robust.fl import robust_fedavg, simulate
+    from jaxlab.models import make_mlp
+
+    model = make_mlp(10, hidden=(8,))
+    n = tiny_fed.num_clients
+    mal = np.arange(n) < 2
+    a = simulate(robust_fedavg(model, defense=make_aggregator("oracle"), malicious=mal,
+                               attack=make_attack("gaussian", sigma=100.0), lr=0.05), tiny_fed, 2, seed=1)
+    b = simulate(robust_fedavg(model, defense=make_aggregator("oracle"), malicious=mal, lr=0.05), tiny_fed, 2, seed=1)
+    assert a["det"]["tp"] == 4 and a["det"]["fp"] == 0 and a["fpr"] == 0.0 and a["fnr"] == 0.0
+    # what the attackers send does not matter: the same global model
+    for la, lb in zip(jax.tree_util.tree_leaves(a["server_state"]["params"]),
+                      jax.tree_util.tree_leaves(b["server_state"]["params"])):
+        np.testing.assert_allclose(la, lb, rtol=1e-5, atol=1e-6)
+    c = simulate(robust_fedavg(model, defense=make_aggregator("fedavg"), malicious=mal,
+                               attack=make_attack("gaussian", sigma=100.0), lr=0.05), tiny_fed, 2, seed=1)
+    assert c["acc"] < a["acc"] - 0.1  # while the same attack wrecks the plain mean

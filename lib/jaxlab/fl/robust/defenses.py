@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["AggOut", "Aggregator", "DEFENSES", "make_aggregator", "max_admissible_f", "check_updates", "reduce_rows",
+__all__ = ["AggOut", "Aggregator", "DEFENSES", "REFERENCES", "make_aggregator", "oracle_mean", "max_admissible_f", "check_updates", "reduce_rows",
            "pairwise_sq_dists", "gram", "krum_scores", "sort_rows", "fedavg_mean", "krum", "multi_krum", "bulyan", "coordinate_median",
            "trimmed_mean", "geometric_median", "centered_clipping", "fltrust", "flame", "foolsgold", "dnc",
            "sample_without_replacement"]
@@ -787,6 +787,24 @@ DEFENSES = ("fedavg", "krum", "multikrum", "bulyan", "median", "trimmed_mean", "
             "flame", "foolsgold", "dnc")
 
 
+REFERENCES = ("oracle",)  # not defenses: they read the simulation's ground truth
+
+
+def oracle_mean(updates, weights=None, key=None, *, malicious) -> AggOut:
+    """FedAvg over the benign rows only (``malicious [n]`` is the ground truth): a perfect detector.
+
+    Not a defense (a server cannot know ``malicious``): the reference that separates what a
+    selecting rule loses by its detection errors from what the attackers' absence costs anyway
+    (their clients' data never reaches the model, which on a non-IID split shifts the label
+    mix) [our addition, not in the papers]."""
+    g, w = _validate_shapes(updates, weights, "oracle")
+    mal = jnp.asarray(malicious)
+    if mal.shape != (g.shape[0],):
+        raise ValueError(f"oracle: malicious has shape {mal.shape}, expected ({g.shape[0]},) like the update rows")
+    out = fedavg_mean(g, jnp.where(mal, 0.0, w))
+    return AggOut(out.update, out.benign & ~mal)
+
+
 def make_aggregator(name: str, *, f: int = 0, **hparams) -> Aggregator:
     """The :class:`Aggregator` for ``name`` in :data:`DEFENSES` (SkyMask: :func:`jaxlab.fl.robust.skymask.skymask_aggregator`)."""
     none = lambda n, d: ()  # noqa: E731
@@ -822,4 +840,12 @@ def make_aggregator(name: str, *, f: int = 0, **hparams) -> Aggregator:
         def apply(updates, weights, key, state, ctx):
             return foolsgold(updates, weights, key, state, ids=ctx.get("ids"))
         return Aggregator(name, lambda n, d: jnp.zeros((n, d), jnp.float32), apply)
-    raise ValueError(f"unknown defense {name!r}: choose one of {DEFENSES} (or 'skymask' via the FL wrapper)")
+    if name == "oracle":
+        def apply(updates, weights, key, state, ctx):
+            if "malicious" not in ctx:
+                raise ValueError("oracle: ctx['malicious'] (which rows are attackers) is missing; the oracle is a "
+                                 "reference for simulations (jaxlab.fl.robust.fl.robust_fedavg provides it)")
+            return oracle_mean(updates, weights, key, malicious=ctx["malicious"]), state
+        return Aggregator(name, none, apply)
+    raise ValueError(f"unknown defense {name!r}: choose one of {DEFENSES}, the reference {REFERENCES} "
+                     "(or 'skymask' via the FL wrapper)")

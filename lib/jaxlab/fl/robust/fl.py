@@ -79,7 +79,9 @@ def robust_fedavg(model, *, defense: Aggregator, malicious, attack: Attack | Non
         fl = flattener(server["params"])
         w = fl.flatten(server["params"])
         g, is_mal = uploads["update"], uploads["malicious"]
-        ctx = {"ids": uploads["id"], "global_flat": w, "params": server["params"], "model_state": server["model_state"]}
+        # ctx["malicious"] is the ground truth: only the reference rule "oracle" (a perfect detector) reads it
+        ctx = {"ids": uploads["id"], "global_flat": w, "params": server["params"], "model_state": server["model_state"],
+               "malicious": is_mal}
         if defense.needs_root:
             p0, _, _ = local(server["params"], server["model_state"], root, k_root)
             ctx["root_update"] = w - fl.flatten(p0)
