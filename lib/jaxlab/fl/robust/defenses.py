@@ -42,7 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["AggOut", "Aggregator", "DEFENSES", "REFERENCES", "make_aggregator", "oracle_mean", "max_admissible_f", "check_updates", "reduce_rows",
+__all__ = ["AggOut", "Aggregator", "DEFENSES", "REFERENCES", "make_aggregator", "oracle_mean", "max_admissible_f",
+           "check_updates", "reduce_rows",
            "pairwise_sq_dists", "gram", "krum_scores", "sort_rows", "fedavg_mean", "krum", "multi_krum", "bulyan", "coordinate_median",
            "trimmed_mean", "geometric_median", "centered_clipping", "fltrust", "flame", "foolsgold", "dnc",
            "sample_without_replacement"]
@@ -767,7 +768,8 @@ class Aggregator(NamedTuple):
     """``init(num_clients, d) -> state``; ``apply(updates, weights, key, state, ctx) -> (AggOut, state)``.
 
     ``ctx`` is a dict the FL wrapper fills: ``root_update [d]`` (the server's update on its root
-    set), ``ids [n]`` (client ids of the rows), ``global_flat [d]`` (the broadcast model)."""
+    set), ``ids [n]`` (client ids of the rows), ``global_flat [d]`` (the broadcast model), and
+    ``malicious [n]`` (the simulation's ground truth, read only by the reference rule ``oracle``)."""
     name: str
     init: Callable[[int, int], Any]
     apply: Callable
@@ -806,7 +808,8 @@ def oracle_mean(updates, weights=None, key=None, *, malicious) -> AggOut:
 
 
 def make_aggregator(name: str, *, f: int = 0, **hparams) -> Aggregator:
-    """The :class:`Aggregator` for ``name`` in :data:`DEFENSES` (SkyMask: :func:`jaxlab.fl.robust.skymask.skymask_aggregator`)."""
+    """The :class:`Aggregator` for ``name`` in :data:`DEFENSES` or :data:`REFERENCES` (``'oracle'``, see
+    :func:`oracle_mean`); SkyMask: :func:`jaxlab.fl.robust.skymask.skymask_aggregator`."""
     none = lambda n, d: ()  # noqa: E731
     if name == "fedavg":
         return Aggregator(name, none, _stateless(fedavg_mean), selects=False)
