@@ -8,7 +8,9 @@
 
 For every model: ONNX Runtime CPUExecutionProvider (default threads and options) and
 ``compile_single_device`` (the whole model as one jitted function, each RNN node a lax.scan over
-time) run the same inputs, ``--repeats`` calls each, taking turns in short blocks separated by
+time, compiled with ``graph.CPU_COMPILER_OPTIONS``: 512-bit vectors) run the same inputs, and, as a
+baseline in the same loop, the same function compiled with XLA's default CPU options (column "XLA
+defaults"; ``--no-xla-defaults`` drops it), ``--repeats`` calls each, taking turns in short blocks separated by
 idle gaps (see ``_timed_blocks``: ORT's threads spin after each run and would otherwise steal the
 cores from the next call); the figure is the ratio of medians (jax / ORT, < 1 means we are
 faster) and the max abs difference of the outputs. The machine is shared: medians only, and the
@@ -104,7 +106,8 @@ def _core_engine(model, x, cores: int, chunk: int):
     return eng, plan
 
 
-def ort_vs_jax(grid, repeats: int, batch: int, ort_threads: int = 0, cores: int = 0, chunk_div: int = 4):
+def ort_vs_jax(grid, repeats: int, batch: int, ort_threads: int = 0, cores: int = 0, chunk_div: int = 4,
+               xla_defaults: bool = True):
     import jax
 
     from jaxlab.serving.onnx_import import compile_single_device, import_onnx, make_rnn_model, ort_session
@@ -114,16 +117,23 @@ def ort_vs_jax(grid, repeats: int, batch: int, ort_threads: int = 0, cores: int 
         x = {"x": np.random.default_rng(0).normal(size=(t, batch, h)).astype(np.float32)}
         sess = ort_session(model, threads=ort_threads)
         names = [o.name for o in sess.get_outputs()]
-        f = compile_single_device(import_onnx(model, expand_rnn=False))
+        g1 = import_onnx(model, expand_rnn=False)
+        f = compile_single_device(g1)
+        f0 = compile_single_device(g1, compiler_options={}) if xla_defaults else None
         ref = dict(zip(names, sess.run(names, x)))
         out = jax.block_until_ready(f(x))
         err = max(float(np.max(np.abs(np.asarray(out[k]) - ref[k]))) for k in ref)
+        if f0 is not None:
+            out0 = jax.block_until_ready(f0(x))
+            err = max(err, max(float(np.max(np.abs(np.asarray(out0[k]) - ref[k]))) for k in ref))
         eng = None
         if cores > 1:
             eng, plan = _core_engine(model, x, cores, max(1, t // chunk_div))
             out_e, _ = eng.run(x)
             err = max(err, max(float(np.max(np.abs(out_e[k] - ref[k]))) for k in ref))
         runners = {"ort": lambda: sess.run(names, x), "jax": lambda: jax.block_until_ready(f(x))}
+        if f0 is not None:
+            runners["jax0"] = lambda: jax.block_until_ready(f0(x))
         if eng is not None:
             runners["cores"] = lambda: eng.run_stream([x])
         ts = _timed_blocks(runners, repeats)
@@ -135,11 +145,17 @@ def ort_vs_jax(grid, repeats: int, batch: int, ort_threads: int = 0, cores: int 
         r["ratio"] = r["jax_ms"] / r["ort_ms"]
         r["ratio_min"] = r["jax_min_ms"] / r["ort_min_ms"]
         extra = ""
+        if f0 is not None:
+            r["jax_xla_defaults_ms"] = np.median(ts["jax0"]) * 1e3
+            r["ratio_xla_defaults"] = r["jax_xla_defaults_ms"] / r["ort_ms"]
+            r["gain_vs_xla_defaults"] = r["jax_xla_defaults_ms"] / r["jax_ms"]
+            extra += (f" | XLA defaults {r['jax_xla_defaults_ms']:8.3f} ms /ORT {r['ratio_xla_defaults']:5.2f}"
+                      f" (ours x{r['gain_vs_xla_defaults']:.2f} faster)")
         if eng is not None:
             r["cores_ms"] = np.median(te) * 1e3
             r["cores_ratio"] = r["cores_ms"] / r["ort_ms"]
             r["best_ratio"] = min(r["ratio"], r["cores_ratio"])
-            extra = (f" | {cores}-core plan {r['cores_ms']:8.3f} ms ({len(plan.segments.segments)} segments, predicted "
+            extra += (f" | {cores}-core plan {r['cores_ms']:8.3f} ms ({len(plan.segments.segments)} segments, predicted "
                      f"{plan.predicted_s * 1e3:.3f}) /ORT {r['cores_ratio']:5.2f}")
             eng.close()
         rows.append(r)
@@ -189,6 +205,8 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--cores", type=int, default=0, help="also run the latency-optimal plan over this many CPU cores")
     ap.add_argument("--chunk-div", type=int, default=4, help="--cores: RNN operators of T / chunk_div steps")
+    ap.add_argument("--no-xla-defaults", action="store_true",
+                    help="skip the baseline column: the same scan path compiled with XLA's default CPU options")
     ap.add_argument("--single-thread", action="store_true",
                     help="both runtimes on one core: ORT on one thread, XLA without its Eigen pool, the process pinned to one core")
     a = ap.parse_args()
@@ -213,8 +231,10 @@ def main():
                        "ORT 1 / XLA no Eigen thread pool (not pinned: no sched_setaffinity here)")
           if a.single_thread else "ORT default / XLA default")
     rows = ort_vs_jax(_grid(a.quick), repeats, a.batch, ort_threads=1 if a.single_thread else 0, cores=a.cores,
-                      chunk_div=a.chunk_div)
+                      chunk_div=a.chunk_div, xla_defaults=not a.no_xla_defaults)
     keys = [("ratio", "median"), ("ratio_min", "minimum (least disturbed by other load)")]
+    if not a.no_xla_defaults:
+        keys += [("ratio_xla_defaults", "median, scan path with XLA's default CPU options (baseline)")]
     if a.cores > 1:
         keys += [("cores_ratio", f"{a.cores}-core plan, median"), ("best_ratio", "best of scan and core plan, median")]
     for key, what in keys:

@@ -35,7 +35,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from jaxlab.serving.cost import CostModel, DeviceSpec
-from jaxlab.serving.graph import Graph, compose
+from jaxlab.serving.graph import Graph, compose, device_jit
 from jaxlab.serving.partition import Plan
 
 __all__ = ["Engine", "RequestResult", "sleep_overshoot"]
@@ -94,7 +94,7 @@ class Engine:
             fused = compose(ops, keep, name=f"seg{k}")
             key = (fused.signature, seg.device)
             if key not in cache:
-                cache[key] = jax.jit(fused.fn)
+                cache[key] = device_jit(fused.fn, self.devices[seg.device].device)
             self._fns.append(cache[key])
             self._seg_inputs.append(fused.inputs)
             self._seg_outputs.append(fused.outputs)

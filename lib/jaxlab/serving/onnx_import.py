@@ -917,17 +917,21 @@ def _dce(ops, outputs):
 # Single-device compiled path and the ONNX Runtime peer
 # ---------------------------------------------------------------------------------------------
 
-def compile_single_device(graph: Graph, device=None):
+def compile_single_device(graph: Graph, device=None, compiler_options: dict | None = None):
     """One jitted function for the whole graph on one device (use a graph imported with
     ``expand_rnn=False`` so recurrences run as lax.scan). Returns ``f(inputs: dict) -> dict`` of
-    device arrays (call ``jax.block_until_ready``). Weights are committed to ``device`` once."""
+    device arrays (call ``jax.block_until_ready``). Weights are committed to ``device`` once.
+
+    ``compiler_options``: XLA options of the compilation; ``None`` takes
+    :data:`jaxlab.serving.graph.CPU_COMPILER_OPTIONS` on a CPU device (512-bit vectors), ``{}``
+    XLA's own defaults."""
     import jax
-    from jaxlab.serving.graph import compose
+    from jaxlab.serving.graph import compose, device_jit
     device = device or jax.devices()[0]
     whole = compose(list(graph.ops), set(graph.outputs), "whole")
     consts = {k: jax.device_put(v, device) for k, v in graph.constants.items()}
     order = whole.inputs
-    jf = jax.jit(whole.fn)
+    jf = device_jit(whole.fn, device, compiler_options)  # CPU: 512-bit vectors (graph.CPU_COMPILER_OPTIONS)
 
     slots = [(consts[v], None) if v in consts else (None, v) for v in order]
     on_default = device == jax.devices()[0]

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxlab.serving.cost import CostModel, DeviceSpec
-from jaxlab.serving.graph import Graph
+from jaxlab.serving.graph import Graph, device_jit
 
 __all__ = ["profile_graph", "calibrate_fusion", "measure_transfers", "measure_dispatch", "time_call"]
 
@@ -79,7 +79,7 @@ def profile_graph(graph: Graph, devices: Sequence[DeviceSpec], repeats: int = 15
     for d, spec in enumerate(devices):
         for sig, members in rep.items():
             op = graph.ops[members[0]]
-            f = jax.jit(op.fn)
+            f = device_jit(op.fn, spec.device)
             args = _example_inputs(graph, op, spec.device, rng)
             med, sd = time_call(f, args, repeats=repeats, warmup=warmup)
             times[members, d] = med
@@ -163,7 +163,7 @@ def calibrate_fusion(graph: Graph, cm: CostModel, devices: Sequence[DeviceSpec],
                     if v in outs or any(j not in mset for j in cons.get(v, []))}
             fused = compose([graph.ops[i] for i in members], keep, "calib")
             args = _example_inputs(graph, fused, spec.device, rng)
-            med, _ = time_call(jax.jit(fused.fn), args, repeats=repeats, warmup=2)
+            med, _ = time_call(device_jit(fused.fn, spec.device), args, repeats=repeats, warmup=2)
             rows.append([1.0, len(fused.inputs) + len(fused.outputs), float(np.sum(cm.op_compute[members, d]))])
             ys.append(med)
         A, y = np.array(rows), np.array(ys)
