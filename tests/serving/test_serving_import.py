@@ -190,6 +190,37 @@ def test_compiled_single_device_scan_matches_onnxruntime():
         np.testing.assert_allclose(np.asarray(out[k]), ref[k], atol=TOL, rtol=TOL)
 
 
+@pytest.mark.parametrize("kw", CASES[:2] + CASES[3:], ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
+def test_scan_weight_stationary_projection_matches_onnxruntime(kw, monkeypatch):
+    """The W @ x^T input projection (used for large weights only) on every small test model, compiled
+    with the CPU compiler options the benchmark uses."""
+    import jaxlab.serving.onnx_import as oi
+    monkeypatch.setattr(oi, "_PROJ_WX_MIN_WEIGHTS", 0)
+    model = make_rnn_model(input_size=6, hidden=7, layers=2, seq_len=5, batch=3, num_classes=4, **kw)
+    D = 2 if kw.get("bidirectional") else 1
+    inp = _inputs(kw["cell"], D=D, seq=kw.get("with_seq_lens", False), init=kw.get("with_initial_state", False))
+    ref = run_onnxruntime(model, inp)
+    g = import_onnx(model, expand_rnn=False)
+    assert any(k.endswith("/W0") for k in g.constants) and not any("/W_T" in k for k in g.constants)
+    out = compile_single_device(g)(inp)
+    for k in ref:
+        np.testing.assert_allclose(np.asarray(out[k]), ref[k], atol=TOL, rtol=TOL, err_msg=k)
+
+
+def test_device_jit_passes_cpu_compiler_options(monkeypatch):
+    import jax
+    import jaxlab.serving.graph as graph
+    x = np.ones(3, np.float32)
+    assert graph.CPU_COMPILER_OPTIONS == {"xla_cpu_prefer_vector_width": 512}
+    np.testing.assert_array_equal(np.asarray(graph.device_jit(lambda a: a * 2)(x)), 2 * x)
+    # an option XLA does not know proves the options reach the CPU compilation ...
+    monkeypatch.setattr(graph, "CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option": 1})
+    with pytest.raises(Exception, match="xla_cpu_no_such_option"):
+        graph.device_jit(lambda a: a * 3)(x)
+    # ... and {} compiles with XLA's defaults
+    np.testing.assert_array_equal(np.asarray(graph.device_jit(lambda a: a * 4, jax.devices()[0], {})(x)), 4 * x)
+
+
 def _tiny(nodes, inits=(), inputs=None, outputs=None):
     inputs = inputs or [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])]
     outputs = outputs or [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])]

@@ -398,6 +398,10 @@ def _argmax(b, node, ins, outs, at):
 _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 _SCAN_UNROLL = [1]
 _JOINT_SCAN_MAX_HIDDEN = 512  # bidirectional layers below this hidden size: one scan for both directions
+# Input projections of the scan path with at least this many weights are computed as W @ x^T
+# (weights in ONNX's own [G*H, I] layout) and transposed back behind an optimization barrier;
+# see _rnn_scan for the measurements behind the threshold [our choice].
+_PROJ_WX_MIN_WEIGHTS = 1 << 19
 _DEFAULT_ACTS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
 
 
@@ -709,10 +713,22 @@ def _rnn_scan(b, p, X, consts, seq, h0, c0, out_y, out_h, out_c, dims, flops_ste
     # whole-model scan: at chunks of 0.3-0.7 ms the hand-offs cost more than the overlap gains. Splitting
     # the recurrent product by columns into a batched [2|4, H, .] matmul was 1.2x slower than one dot.
     joint = D == 2 and H < _JOINT_SCAN_MAX_HIDDEN and p["acts"][:n_act] == p["acts"][n_act:]
+    # The input projection of all T*B rows at once. XLA:CPU's Eigen GEMM runs x[T*B, I] @ W_T[I, G*H]
+    # well below ONNX Runtime's prepacked MLAS GEMM at these shapes (measured 2026-12-05, T=16, I=H,
+    # LSTM: 79 / 110 / 77 GFLOP/s at hidden 256 / 512 / 1024 against ORT's 165 / 141 / 165). The same
+    # product with the operands swapped, W[G*H, I] @ x^T -> [G*H, T*B], took 0.29 vs 0.37 ms (hidden
+    # 512) and 0.65 vs 1.41 ms (hidden 1024) at T=16, 2.02 vs 2.39 ms at hidden 1024 and T=64, but
+    # 0.46 vs 0.37 ms at hidden 256 and T=64 (medians of 300 calls, interleaved, in one process,
+    # including the transpose back). Hence the swapped form for weights of at least
+    # _PROJ_WX_MIN_WEIGHTS elements [our choice, measured]. The optimization barrier keeps XLA from
+    # folding the transpose back into the dot's output layout, which gives back the slow form.
+    proj_wx = I * p["G"] * H >= _PROJ_WX_MIN_WEIGHTS
     names = ["x"]
     vals = [X]
     for d in range(D):
         Wt, Rt, bW, bR, Pd = consts[d]
+        if proj_wx:
+            Wt = b.const(f"{base}/W{d}", np.ascontiguousarray(b.constants[Wt].T))
         names += [f"W{d}", f"bW{d}"]
         vals += [Wt, bW]
         if not joint:
@@ -747,7 +763,12 @@ def _rnn_scan(b, p, X, consts, seq, h0, c0, out_y, out_h, out_c, dims, flops_ste
         x = a["x"]
         tidx = jnp.arange(T, dtype=jnp.int32)
         seqv = a["seq"].astype(jnp.int32) if "seq" in a else None
-        xws = [(x.reshape(T * B, I) @ a[f"W{d}"]).reshape(T, B, -1) + a[f"bW{d}"] for d in range(D)]
+        x2 = x.reshape(T * B, I)
+        if proj_wx:
+            barrier = jax.lax.optimization_barrier
+            xws = [barrier(a[f"W{d}"] @ x2.T).T.reshape(T, B, -1) + a[f"bW{d}"] for d in range(D)]
+        else:
+            xws = [(x2 @ a[f"W{d}"]).reshape(T, B, -1) + a[f"bW{d}"] for d in range(D)]
         if joint:
             # scan index s: the forward direction at time s, the backward one at time T-1-s
             xw = jnp.stack([xws[0], xws[1][::-1]], axis=1)                       # [T, 2, B, G*H]
