@@ -94,6 +94,9 @@ RARE_ATTRS = [
     ("LSTM", "bidirectional", dict(activations=["Sigmoid", "Tanh", "Tanh", "Sigmoid", "Relu", "Tanh"]), False, True),
     ("RNN", "bidirectional", dict(activations=["Tanh", "Relu"]), False, True),
     ("LSTM", "reverse", dict(clip=1.0), True, True),
+    # GRU without linear_before_reset: the scan path's pre-split (R_zr, R_h), one scan per direction
+    ("GRU", "reverse", dict(clip=1.0), False, True),
+    ("GRU", "bidirectional", dict(activations=["Sigmoid", "Tanh", "Sigmoid", "Relu"]), False, True),
 ]
 
 
