@@ -171,6 +171,16 @@ def run(config, workdir) -> dict:
         summary["oracle_acc"] = oracle
         summary["oracle_note"] = ("FedAvg over the truly benign clients (ground truth, not a defense): the best a "
                                   "detector can do; compare a selecting rule with it and with no-attack FedAvg")
+    sky = {r["attack"]: r for r in rows if r["defense"] == "skymask" and r["attack"] != "none" and not r["pill"]}
+    if sky and base.get("fedavg") is not None:
+        # the SkyMask criterion, per attack: accuracy within 3 points of no-attack FedAvg, FPR and FNR <= 10%
+        gaps = {a: 100 * (base["fedavg"] - r["acc"]) for a, r in sky.items()}
+        summary["skymask_claim"] = {
+            "gap_to_no_attack_fedavg_points": gaps,
+            "max_gap_points": max(gaps.values()),
+            "max_fpr": max(r["fpr"] for r in sky.values()), "max_fnr": max(r["fnr"] for r in sky.values()),
+            "holds": bool(max(gaps.values()) <= 3.0 and all(r["fpr"] <= 0.10 and r["fnr"] <= 0.10 for r in sky.values())),
+            "criterion": "acc >= no-attack FedAvg - 3 points and FPR, FNR <= 10% under every attack of this run"}
     if config.get("attack_hparams"):
         summary["attack_hparams"] = config.attack_hparams.to_dict()
     wd.write_summary(summary)

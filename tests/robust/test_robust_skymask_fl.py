@@ -115,3 +115,24 @@ def test_cross_device_defenses_expect_the_attackers_of_a_round():
     assert f == 2 and agg.f == 2
     row = run_cell(s, "lie", "krum", 0.2)
     assert np.isfinite(row["acc"]) and 0.0 <= row["acc"] <= 1.0, row
+
+
+def test_summary_reports_the_skymask_claim(tmp_path):
+    """summary.json carries the issue's SkyMask criterion, computed from the run's own cells."""
+    from experiments.configs.robust import get_config
+    from experiments.robust import run
+
+    c50 = get_config("skymask50")
+    assert c50.attacker_fraction == 0.5 and c50.rounds == 100 and "oracle" in c50.defenses
+    c = get_config("quick")
+    c.rounds = 2
+    c.attacks = ("none", "lie")
+    c.defenses = ("fedavg", "skymask")
+    summ = run(c, str(tmp_path / "wd"))
+    claim = summ["skymask_claim"]
+    cells = summ["cells"]
+    gap = 100 * (cells["none/fedavg"]["acc"] - cells["lie/skymask"]["acc"])
+    assert claim["gap_to_no_attack_fedavg_points"] == {"lie": pytest.approx(gap)}
+    assert claim["max_fpr"] == cells["lie/skymask"]["fpr"] and claim["max_fnr"] == cells["lie/skymask"]["fnr"]
+    assert claim["holds"] == (gap <= 3.0 and claim["max_fpr"] <= 0.1 and claim["max_fnr"] <= 0.1)
+    assert (tmp_path / "wd" / "summary.json").exists()
