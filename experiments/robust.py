@@ -171,6 +171,15 @@ def run(config, workdir) -> dict:
         summary["oracle_acc"] = oracle
         summary["oracle_note"] = ("FedAvg over the truly benign clients (ground truth, not a defense): the best a "
                                   "detector can do; compare a selecting rule with it and with no-attack FedAvg")
+    if base.get("fedavg") is not None:
+        # how far each rule falls below no-attack FedAvg under its worst attack of this run (points)
+        drops: dict = {}
+        for r in rows:
+            if r["attack"] != "none" and not r["pill"]:
+                d = 100 * (base["fedavg"] - r["acc"])
+                if d > drops.get(r["defense"], (-np.inf, None))[0]:
+                    drops[r["defense"]] = (d, r["attack"])
+        summary["max_drop_vs_no_attack_fedavg"] = {k: {"points": v[0], "attack": v[1]} for k, v in drops.items()}
     sky = {r["attack"]: r for r in rows if r["defense"] == "skymask" and r["attack"] != "none" and not r["pill"]}
     if sky and base.get("fedavg") is not None:
         # the SkyMask criterion, per attack: accuracy within 3 points of no-attack FedAvg, FPR and FNR <= 10%

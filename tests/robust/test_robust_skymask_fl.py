@@ -135,4 +135,7 @@ def test_summary_reports_the_skymask_claim(tmp_path):
     assert claim["gap_to_no_attack_fedavg_points"] == {"lie": pytest.approx(gap)}
     assert claim["max_fpr"] == cells["lie/skymask"]["fpr"] and claim["max_fnr"] == cells["lie/skymask"]["fnr"]
     assert claim["holds"] == (gap <= 3.0 and claim["max_fpr"] <= 0.1 and claim["max_fnr"] <= 0.1)
+    drops = summ["max_drop_vs_no_attack_fedavg"]
+    assert drops["skymask"] == {"points": pytest.approx(gap), "attack": "lie"}
+    assert c50.attack_hparams.fltrust_adaptive_root.direction == "unit" and "fltrust_adaptive_root" in c50.attacks
     assert (tmp_path / "wd" / "summary.json").exists()
