@@ -106,6 +106,10 @@ def _core_engine(model, x, cores: int, chunk: int):
     return eng, plan
 
 
+def _max_diff(out: dict, ref: dict) -> float:
+    return max(float(np.max(np.abs(np.asarray(out[k]) - ref[k]))) for k in ref)
+
+
 def ort_vs_jax(grid, repeats: int, batch: int, ort_threads: int = 0, cores: int = 0, chunk_div: int = 4,
                xla_defaults: bool = True):
     import jax
@@ -121,16 +125,14 @@ def ort_vs_jax(grid, repeats: int, batch: int, ort_threads: int = 0, cores: int 
         f = compile_single_device(g1)
         f0 = compile_single_device(g1, compiler_options={}) if xla_defaults else None
         ref = dict(zip(names, sess.run(names, x)))
-        out = jax.block_until_ready(f(x))
-        err = max(float(np.max(np.abs(np.asarray(out[k]) - ref[k]))) for k in ref)
+        err = _max_diff(jax.block_until_ready(f(x)), ref)
         if f0 is not None:
-            out0 = jax.block_until_ready(f0(x))
-            err = max(err, max(float(np.max(np.abs(np.asarray(out0[k]) - ref[k]))) for k in ref))
+            err = max(err, _max_diff(jax.block_until_ready(f0(x)), ref))
         eng = None
         if cores > 1:
             eng, plan = _core_engine(model, x, cores, max(1, t // chunk_div))
             out_e, _ = eng.run(x)
-            err = max(err, max(float(np.max(np.abs(out_e[k] - ref[k]))) for k in ref))
+            err = max(err, _max_diff(out_e, ref))
         runners = {"ort": lambda: sess.run(names, x), "jax": lambda: jax.block_until_ready(f(x))}
         if f0 is not None:
             runners["jax0"] = lambda: jax.block_until_ready(f0(x))

@@ -171,25 +171,26 @@ def run(config, workdir) -> dict:
         summary["oracle_acc"] = oracle
         summary["oracle_note"] = ("FedAvg over the truly benign clients (ground truth, not a defense): the best a "
                                   "detector can do; compare a selecting rule with it and with no-attack FedAvg")
-    if base.get("fedavg") is not None:
-        # how far each rule falls below no-attack FedAvg under its worst attack of this run (points)
-        drops: dict = {}
-        for r in rows:
-            if r["attack"] != "none" and not r["pill"]:
-                d = 100 * (base["fedavg"] - r["acc"])
-                if d > drops.get(r["defense"], (-np.inf, None))[0]:
-                    drops[r["defense"]] = (d, r["attack"])
-        summary["max_drop_vs_no_attack_fedavg"] = {k: {"points": v[0], "attack": v[1]} for k, v in drops.items()}
-    sky = {r["attack"]: r for r in rows if r["defense"] == "skymask" and r["attack"] != "none" and not r["pill"]}
-    if sky and base.get("fedavg") is not None:
-        # the SkyMask criterion, per attack: accuracy within 3 points of no-attack FedAvg, FPR and FNR <= 10%
-        gaps = {a: 100 * (base["fedavg"] - r["acc"]) for a, r in sky.items()}
-        summary["skymask_claim"] = {
-            "gap_to_no_attack_fedavg_points": gaps,
-            "max_gap_points": max(gaps.values()),
-            "max_fpr": max(r["fpr"] for r in sky.values()), "max_fnr": max(r["fnr"] for r in sky.values()),
-            "holds": bool(max(gaps.values()) <= 3.0 and all(r["fpr"] <= 0.10 and r["fnr"] <= 0.10 for r in sky.values())),
-            "criterion": "acc >= no-attack FedAvg - 3 points and FPR, FNR <= 10% under every attack of this run"}
+    ref = base.get("fedavg")
+    if ref is not None:
+        attacked = [r for r in rows if r["attack"] != "none" and not r["pill"]]
+        worst: dict = {}  # each rule's lowest accuracy under an attack of this run (first one on ties)
+        for r in attacked:
+            if r["defense"] not in worst or r["acc"] < worst[r["defense"]]["acc"]:
+                worst[r["defense"]] = r
+        summary["max_drop_vs_no_attack_fedavg"] = {d: {"points": 100 * (ref - r["acc"]), "attack": r["attack"]}
+                                                   for d, r in worst.items()}
+        sky = {r["attack"]: r for r in attacked if r["defense"] == "skymask"}
+        if sky:
+            # the SkyMask criterion, per attack: accuracy within 3 points of no-attack FedAvg, FPR and FNR <= 10%
+            gaps = {a: 100 * (ref - r["acc"]) for a, r in sky.items()}
+            summary["skymask_claim"] = {
+                "gap_to_no_attack_fedavg_points": gaps,
+                "max_gap_points": max(gaps.values()),
+                "max_fpr": max(r["fpr"] for r in sky.values()), "max_fnr": max(r["fnr"] for r in sky.values()),
+                "holds": bool(max(gaps.values()) <= 3.0
+                              and all(r["fpr"] <= 0.10 and r["fnr"] <= 0.10 for r in sky.values())),
+                "criterion": "acc >= no-attack FedAvg - 3 points and FPR, FNR <= 10% under every attack of this run"}
     if config.get("attack_hparams"):
         summary["attack_hparams"] = config.attack_hparams.to_dict()
     wd.write_summary(summary)

@@ -745,9 +745,7 @@ def _rnn_scan(b, p, X, consts, seq, h0, c0, out_y, out_h, out_c, dims, flops_ste
     gru_split = kind == "GRU" and not p["lbr"]
     cst = b.constants
 
-    def rec_weights(key, arr):
-        if not gru_split:
-            return [key], [b.const(f"{base}/{key}_T", arr)]
+    def split_r(key, arr):
         return [key + "zr", key + "h"], [b.const(f"{base}/{key}zr_T", np.ascontiguousarray(arr[..., :2 * H])),
                                          b.const(f"{base}/{key}h_T", np.ascontiguousarray(arr[..., 2 * H:]))]
     names = ["x"]
@@ -759,13 +757,14 @@ def _rnn_scan(b, p, X, consts, seq, h0, c0, out_y, out_h, out_c, dims, flops_ste
         names += [f"W{d}", f"bW{d}"]
         vals += [Wt, bW]
         if not joint:
-            rn, rv = rec_weights(f"R{d}", cst[Rt]) if gru_split else ([f"R{d}"], [Rt])
+            rn, rv = split_r(f"R{d}", cst[Rt]) if gru_split else ([f"R{d}"], [Rt])
             names += rn + [f"bR{d}"]
             vals += rv + [bR]
             if Pd is not None:
                 names.append(f"P{d}"); vals.append(Pd)
     if joint:
-        rn, rv = rec_weights("R", np.stack([cst[consts[d][1]] for d in range(2)]))
+        R2 = np.stack([cst[consts[d][1]] for d in range(2)])
+        rn, rv = split_r("R", R2) if gru_split else (["R"], [b.const(f"{base}/R_T", R2)])
         names += rn + ["bR"]
         vals += rv + [b.const(f"{base}/bR", np.stack([cst[consts[d][3]] for d in range(2)])[:, None])]
         if consts[0][4] is not None:
