@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from jaxlab.energy import gp as G
 from jaxlab.energy import meters as M
 from jaxlab.energy import profiler as P
 from jaxlab.energy.profiler import LSTM, Act, BatchNorm, Conv, Dense, Network, Pool
@@ -19,6 +20,9 @@ def test_conv_flops_and_shapes_closed_form():
     assert p[2].n_params == 128 * 10 + 10
     assert p[0].features["pos"] == 1 and p[2].features["pos"] == 2
     assert p[1].features["max"] == 2
+    assert p[0].features["valid"] == 2
+    assert P.place(Network((12, 12, 3), (Conv(8, 5),), batch=4))[0].features["valid"] == 1
+    assert len(P.feature_vector("conv", p[0].features)) == len(P.FEATURES["conv"]) <= G.D_MAX
     assert P.network_train_flops(net) == pytest.approx(sum(q.train_flops for q in p))
 
 
