@@ -92,7 +92,7 @@ def _heldout(rng, n, space):
     return [T.sample_model(rng, f, space) for f in fams], fams
 
 
-def _al_curves(cfg_al, chains, samples_by_chain, evaluate, seed, n_seeds, gp_steps, acquisition="log"):
+def _al_curves(cfg_al, chains, samples_by_chain, evaluate, seed, n_seeds, gp_steps, acquisition="log", targets=None):
     """Active learning vs random sampling, paired per seed: for each seed both strategies start
     from the same initial chains, draw from the same pool and are scored on the same held-out
     models. ``al_fraction_of_random_configs``: chains AL needed to reach random sampling's final
@@ -101,7 +101,7 @@ def _al_curves(cfg_al, chains, samples_by_chain, evaluate, seed, n_seeds, gp_ste
     var, rand = [], []
     for s in range(n_seeds):
         var.append(T.active_learning(chains, lambda i: samples_by_chain[i], evaluate, strategy="variance", seed=seed + s,
-                                     acquisition=acquisition, **kw))
+                                     acquisition=acquisition, targets=targets, **kw))
         rand.append(T.active_learning(chains, lambda i: samples_by_chain[i], evaluate, strategy="random", seed=seed + s, **kw))
     ns = [p["n_chains"] for p in var[0]]
 
@@ -121,7 +121,9 @@ def _al_curves(cfg_al, chains, samples_by_chain, evaluate, seed, n_seeds, gp_ste
     what = {"log": "greedy conditional variance of the chain's log cost (kriging believer batches)",
             "linear": "greedy conditional variance of the chain's cost in joules (linear units, kriging believer batches)",
             "layers": "greedy conditional variance of the sum of the chain's per-layer log costs (kriging believer batches)",
-            "alc": "greedy expected reduction of the pool's total log-cost variance (ALC, thor.select_batch_alc)"}[acquisition]
+            "alc": "greedy expected reduction of the pool's total log-cost variance (ALC, thor.select_batch_alc)",
+            "alc_models": "greedy expected reduction of the log-cost variance of a fresh draw of whole models "
+                          "(ALC over target models, thor.select_batch_alc; not the held-out models)"}[acquisition]
     return {"acquisition": f"{what} [our choice]",
             "acquisition_key": acquisition, "step": cfg_al.al_step, "init": cfg_al.al_init, "seed_first": seed,
             "n_chains": ns, "variance": var_mean, "random_mean": rand_mean, "seeds": n_seeds,
@@ -176,11 +178,16 @@ def _sim_al(cfg, space, meter, dev, chains, costs, held, truth) -> dict:
         held, _ = _heldout(rng, sc.heldout, space)
         costs = _profile_chains(meter, chains, None, "sim profile AL pool")
         truth = [dev.iteration_cost([p.cost_record() for p in P.place(n)]).joules for n in held]
+    targets = None
+    if sc.al_acquisition == "alc_models":
+        # the models whose variance ALC reduces: a fresh draw of the held-out families from their
+        # own stream, so AL never sees the models it is scored on
+        targets, _ = _heldout(np.random.default_rng(cfg.seed + 2000 + sc.al_stream), sc.al_targets, space)
     al = _al_curves(sc, chains, _chain_samples(chains, costs),
                     lambda m: T.mape([T.estimate(m, n).total for n in held], truth),
-                    cfg.seed + sc.al_seed_offset, sc.al_random_seeds, cfg.gp_steps, sc.al_acquisition)
+                    cfg.seed + sc.al_seed_offset, sc.al_random_seeds, cfg.gp_steps, sc.al_acquisition, targets)
     al.update(pool_chains=len(chains), al_stream=sc.al_stream if sc.al_pool_chains > 0 else None,
-              heldout_models=len(held))
+              heldout_models=len(held), al_targets=len(targets) if targets is not None else None)
     return al
 
 

@@ -31,7 +31,8 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     c.sim.al_max = 60
     c.sim.al_random_seeds = 3  # paired seeds: each runs AL and random sampling from the same initial chains
     c.sim.al_seed_offset = 0  # AL seeds are seed + al_seed_offset + (0 .. al_random_seeds - 1)
-    c.sim.al_acquisition = "log"  # 'log' | 'linear' | 'layers' (thor.chain_variance) | 'alc' (thor.select_batch_alc)
+    c.sim.al_acquisition = "log"  # 'log' | 'linear' | 'layers' (thor.chain_variance) | 'alc' | 'alc_models' (thor.select_batch_alc)
+    c.sim.al_targets = 48  # 'alc_models': whole models (fresh draw, own stream) whose variance AL reduces
     c.sim.al_pool_chains = 0  # > 0: AL draws from its own pool of this many chains (stream al_stream)
     c.sim.al_stream = 0
 

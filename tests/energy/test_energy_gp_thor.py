@@ -316,3 +316,26 @@ def test_alc_picks_the_largest_pool_variance_reduction_by_brute_force(sim_setup,
     lstm = P.Network((8, 16), (P.LSTM(16),), 8)
     assert "lstm" not in model.gps and "lstm" in {k for k, _ in T._chain_terms(lstm)}
     assert T.select_batch(model, pool + [lstm], range(len(pool) + 1), 1, "alc") == [len(pool)]
+
+
+def test_alc_over_target_models_reduces_their_variance_most_by_brute_force(sim_setup, additive_fit):
+    """acquisition='alc_models': the pick maximises the drop of the *targets'* log-cost variance
+    (whole classifiers, not pool chains), checked by conditioning on every candidate."""
+    chains, _ = sim_setup
+    _, model = additive_fit
+    pool = list(chains[:10])
+    rng = np.random.default_rng(3)
+    targets = [T.sample_model(rng, f) for f in ("cnn", "mlp", "cnn")]
+    weights = []
+    for n in targets:
+        mu, _ = T._predict_terms(model, T._chain_terms(n))
+        weights.append(np.exp(mu) / np.exp(mu).sum())
+    before = _pool_log_variance(model, targets, weights)
+    drops = [before - _pool_log_variance(T._believe_chain(model, c), targets, weights) for c in pool]
+    best = int(np.argmax(drops))
+    assert T.select_batch(model, pool, range(len(pool)), 1, "alc_models", targets) == [best]
+    assert T.select_batch_alc(model, pool, range(len(pool)), 1, targets) == [best]
+    with pytest.raises(ValueError, match="needs targets"):
+        T.select_batch(model, pool, range(len(pool)), 1, "alc_models")
+    with pytest.raises(ValueError, match="targets is empty"):
+        T.select_batch_alc(model, pool, range(len(pool)), 1, [])
