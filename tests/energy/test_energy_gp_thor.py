@@ -290,15 +290,21 @@ def _pool_log_variance(model, pool, weights):
     return total
 
 
+def _cost_shares(model, nets):
+    """Each network's terms' shares of its predicted cost (the w_j of the delta method)."""
+    shares = []
+    for n in nets:
+        mu, _ = T._predict_terms(model, T._chain_terms(n))
+        shares.append(np.exp(mu) / np.exp(mu).sum())
+    return shares
+
+
 def test_alc_picks_the_largest_pool_variance_reduction_by_brute_force(sim_setup, additive_fit):
     chains, _ = sim_setup
     _, model = additive_fit
     far = P.Network((28, 28, 16), (P.Conv(64, 5), P.Act(), P.Dense(512)), 64)
     pool = list(chains[:9]) + [far]
-    weights = []
-    for c in pool:
-        mu, _ = T._predict_terms(model, T._chain_terms(c))
-        weights.append(np.exp(mu) / np.exp(mu).sum())
+    weights = _cost_shares(model, pool)
     before = _pool_log_variance(model, pool, weights)
     # brute force: condition the GPs on each candidate (kriging believer = exact posterior variance
     # with the fit's noise model) and re-predict every pool chain
@@ -326,10 +332,7 @@ def test_alc_over_target_models_reduces_their_variance_most_by_brute_force(sim_s
     pool = list(chains[:10])
     rng = np.random.default_rng(3)
     targets = [T.sample_model(rng, f) for f in ("cnn", "mlp", "cnn")]
-    weights = []
-    for n in targets:
-        mu, _ = T._predict_terms(model, T._chain_terms(n))
-        weights.append(np.exp(mu) / np.exp(mu).sum())
+    weights = _cost_shares(model, targets)
     before = _pool_log_variance(model, targets, weights)
     drops = [before - _pool_log_variance(T._believe_chain(model, c), targets, weights) for c in pool]
     best = int(np.argmax(drops))
