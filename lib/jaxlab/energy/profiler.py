@@ -100,8 +100,8 @@ LAYER_KINDS = tuple(_KIND_OF.values())
 # 2026-12-05: Conv(24, 3) VALID after a 28x28x32 input at batch 16 took 17.4 ms per training
 # iteration against 9.1 ms SAME, though VALID has fewer outputs; its input gradient is a conv
 # with explicit k-1 padding; 5-fold chain CV of a 240-chain wall-clock database: 24.8% vs 26.5%
-# without the feature, conv chains 32.1% vs 35.2%); ``flops`` and ``bytes`` are derived training FLOPs and
-# bytes. [our choice: systems.md's proposed features plus these.] "fixed" is the empty network P0
+# without the feature, conv chains 32.1% vs 35.2%); ``flops`` and ``bytes`` are derived training
+# FLOPs and bytes. [our choice: systems.md's proposed features plus these.] "fixed" is the empty network P0
 # (per-iteration overhead).
 FEATURES = {
     "conv": ("cin", "cout", "kernel", "stride", "valid", "h", "w", "batch", "pos", "flops", "bytes"),

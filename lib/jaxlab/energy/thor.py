@@ -257,12 +257,13 @@ def select_batch_alc(model: ThorModel, pool: Sequence[Network], candidates: Sequ
     Not the default.
     """
     terms, owner = _pool_terms(pool)
-    n_w = len(pool)  # the columns of W: the networks whose log-cost variance is reduced
+    n_w = n_nets = len(pool)  # n_w: the columns of W, the networks whose log-cost variance is reduced
     if targets is not None:
         if not len(targets):
             raise ValueError("select_batch_alc: targets is empty; pass None to reduce the pool's variance")
         t_terms, t_owner = _pool_terms(targets)
         terms, owner, n_w = terms + t_terms, np.concatenate([owner, len(pool) + t_owner]), len(targets)
+        n_nets += n_w
     kinds = sorted({kd for kd, _ in terms})
     blocks, w_all = {}, np.zeros(len(terms))
     mu_all = np.zeros(len(terms))
@@ -275,7 +276,7 @@ def select_batch_alc(model: ThorModel, pool: Sequence[Network], candidates: Sequ
             blocks[kd] = dict(idx=idx, cov=cov, s2=float(np.exp(2 * prm["log_noise"])), r2=float(np.exp(2 * prm["log_rel"])))
     missing = {kd for kd in kinds if kd not in blocks}
     rsq = np.zeros(len(terms))
-    for j in range(len(pool) + (len(targets) if targets is not None else 0)):
+    for j in range(n_nets):
         sel = np.flatnonzero(owner == j)
         e = np.exp(mu_all[sel])
         w_all[sel] = e / e.sum()
@@ -317,6 +318,11 @@ def select_batch_alc(model: ThorModel, pool: Sequence[Network], candidates: Sequ
     return pick
 
 
+def _check_targets(acquisition: str, targets) -> None:
+    if acquisition == "alc_models" and targets is None:
+        raise ValueError("acquisition='alc_models' needs targets: whole networks drawn like the models to be estimated")
+
+
 def select_batch(model: ThorModel, pool: Sequence[Network], candidates: Sequence[int], k: int,
                  acquisition: str = "log", targets: Sequence[Network] | None = None) -> list[int]:
     """``k`` chains from ``candidates`` (indices into ``pool``) by greedy conditional variance.
@@ -327,8 +333,7 @@ def select_batch(model: ThorModel, pool: Sequence[Network], candidates: Sequence
     this is exactly "profile the candidate of maximum posterior variance".
     ``'alc'`` / ``'alc_models'``: :func:`select_batch_alc` over the pool / over ``targets``.
     """
-    if acquisition == "alc_models" and targets is None:
-        raise ValueError("acquisition='alc_models' needs targets: whole networks drawn like the models to be estimated")
+    _check_targets(acquisition, targets)
     if acquisition in ("alc", "alc_models"):
         return select_batch_alc(model, pool, candidates, k, targets if acquisition == "alc_models" else None)
     rest = [int(i) for i in candidates]
@@ -360,8 +365,7 @@ def active_learning(pool: Sequence[Network], samples_of: Callable[[int], list], 
     """
     if acquisition not in ACQUISITIONS:
         raise ValueError(f"acquisition={acquisition!r}: use one of {ACQUISITIONS}")
-    if acquisition == "alc_models" and targets is None:
-        raise ValueError("acquisition='alc_models' needs targets: whole networks drawn like the models to be estimated")
+    _check_targets(acquisition, targets)
     if strategy not in ("variance", "random"):
         raise ValueError(f"strategy={strategy!r}: use 'variance' or 'random'")
     if not (0 < n_init <= n_max <= len(pool)) or step < 1:
