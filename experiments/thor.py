@@ -63,7 +63,7 @@ def _variants(chains, costs):
 
 def _fit_all(cfg, chains, costs):
     samples = [s for ss in _chain_samples(chains, costs) for s in ss]
-    thor = T.fit_thor(samples, steps=cfg.gp_steps, floor_frac=cfg.floor_frac)
+    thor = T.fit_thor(samples, **_fit_kw(cfg))
     fl = B.fit_flops_linear(*_variants(chains, costs))
     npw = B.fit_neuralpower(samples, seed=cfg.seed)
     return thor, fl, npw
@@ -92,12 +92,18 @@ def _heldout(rng, n, space):
     return [T.sample_model(rng, f, space) for f in fams], fams
 
 
-def _al_curves(cfg_al, chains, samples_by_chain, evaluate, seed, n_seeds, gp_steps, acquisition="log", targets=None):
+def _fit_kw(cfg) -> dict:
+    """GP fitting options of every THOR fit in the study (``gp_hyper_prior_sd`` 0: type-II ML)."""
+    sd = float(cfg.get("gp_hyper_prior_sd", 0.0))
+    return {"steps": cfg.gp_steps, "floor_frac": cfg.floor_frac, "hyper_prior_sd": sd if sd > 0 else None}
+
+
+def _al_curves(cfg_al, chains, samples_by_chain, evaluate, seed, n_seeds, fit_kw, acquisition="log", targets=None):
     """Active learning vs random sampling, paired per seed: for each seed both strategies start
     from the same initial chains, draw from the same pool and are scored on the same held-out
     models. ``al_fraction_of_random_configs``: chains AL needed to reach random sampling's final
     MAPE (at ``random_chains``), over ``random_chains``; per seed and on the seed-mean curves."""
-    kw = dict(n_init=cfg_al.al_init, n_max=min(cfg_al.al_max, len(chains)), step=cfg_al.al_step, fit_kw={"steps": gp_steps})
+    kw = dict(n_init=cfg_al.al_init, n_max=min(cfg_al.al_max, len(chains)), step=cfg_al.al_step, fit_kw=fit_kw)
     var, rand = [], []
     for s in range(n_seeds):
         var.append(T.active_learning(chains, lambda i: samples_by_chain[i], evaluate, strategy="variance", seed=seed + s,
@@ -185,7 +191,7 @@ def _sim_al(cfg, space, meter, dev, chains, costs, held, truth) -> dict:
         targets, _ = _heldout(np.random.default_rng(cfg.seed + 2000 + sc.al_stream), sc.al_targets, space)
     al = _al_curves(sc, chains, _chain_samples(chains, costs),
                     lambda m: T.mape([T.estimate(m, n).total for n in held], truth),
-                    cfg.seed + sc.al_seed_offset, sc.al_random_seeds, cfg.gp_steps, sc.al_acquisition, targets)
+                    cfg.seed + sc.al_seed_offset, sc.al_random_seeds, _fit_kw(cfg), sc.al_acquisition, targets)
     al.update(pool_chains=len(chains), al_stream=sc.al_stream if sc.al_pool_chains > 0 else None,
               heldout_models=len(held), al_targets=len(targets) if targets is not None else None)
     return al
@@ -292,7 +298,7 @@ def study_wall(cfg, wd: Workdir, log):
         costs, measured = fitted["cpu"]
         sbc = _chain_samples(chains, costs)
         al = _al_curves(cfg.wall, chains, sbc, lambda m: T.mape([T.estimate(m, n).total for n in held], measured),
-                        cfg.seed, cfg.wall.al_random_seeds, cfg.gp_steps)
+                        cfg.seed, cfg.wall.al_random_seeds, _fit_kw(cfg))
         out["cpu"]["active_learning"] = al
         for n, v, r in zip(al["n_chains"], al["variance"], al["random_mean"]):
             log(study="cpu_al", n_chains=n, mape_variance=v, mape_random=r)
@@ -319,7 +325,7 @@ def study_prune(cfg, wd: Workdir, log, meter, db, chains, costs) -> dict:
     extra_costs = [[m.seconds for m in P.measure_networks(meter, P.prefixes(c), db, clock="cpu", **kw)] for c in extra]
     all_chains, all_costs = list(chains) + extra, list(costs) + extra_costs
     samples = [s for ss in _chain_samples(all_chains, all_costs) for s in ss]
-    thor = T.fit_thor(samples, steps=cfg.gp_steps, floor_frac=cfg.floor_frac)
+    thor = T.fit_thor(samples, **_fit_kw(cfg))
     predict = lambda n: T.estimate(thor, n).total
 
     x, y = load_digits(28)

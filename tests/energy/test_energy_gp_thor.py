@@ -106,6 +106,26 @@ def test_gp_fit_interpolates_and_is_uncertain_far_away():
     assert var_far[0] > 10 * var_in.max()
 
 
+def test_hyper_prior_is_map_and_tightens_towards_its_centre():
+    """hyper_prior_sd: a tight prior keeps every log hyperparameter at its centre (the start
+    values) and a loose one gives back the marginal-likelihood fit."""
+    rng = np.random.default_rng(3)
+    F = np.exp(rng.uniform(0, 2, size=(12, 2)))
+    y = F[:, 0] ** 1.2 * F[:, 1] ** 0.3 * np.exp(0.4 * np.sin(4 * np.log(F[:, 0])))
+    ml = G.fit_gp("act", F, y, steps=200)
+    tight = G.fit_gp("act", F, y, steps=200, hyper_prior_sd=1e-3)
+    loose = G.fit_gp("act", F, y, steps=200, hyper_prior_sd=1e3)
+    ls0 = np.log(np.maximum((np.log(F) - np.log(F).mean(0)).std(0), 1.0))
+    np.testing.assert_allclose(tight.params["log_ls"][:2], ls0, atol=1e-3)
+    np.testing.assert_allclose(tight.params["log_amp"], np.log(0.3), atol=1e-3)
+    np.testing.assert_allclose(tight.params["log_noise"], np.log(0.05), atol=1e-3)
+    assert np.max(np.abs(ml.params["log_ls"][:2] - ls0)) > 0.1  # the data move the ML fit away from the start
+    for k in ("log_amp", "log_ls", "log_noise"):
+        np.testing.assert_allclose(loose.params[k], ml.params[k], atol=1e-2)
+    with pytest.raises(ValueError, match="hyper_prior_sd"):
+        G.fit_gp("act", F, y, hyper_prior_sd=0.0)
+
+
 def test_gp_bad_input():
     with pytest.raises(ValueError, match="> 0"):
         G.fit_gp("conv", np.array([[1.0], [0.0]]), np.array([1.0, 2.0]))

@@ -125,9 +125,12 @@ def _fit_fn(steps: int, lr: float):
     opt = optax.adam(lr)
 
     @jax.jit
-    def fit(free, fixed, X, z, diag, n):
+    def fit(free, fixed, X, z, diag, n, prior_mu, prior_prec):
         def nll(p):
-            return -_gp({**p, **fixed}, X, diag).log_probability(z) / n
+            # MAP when prior_prec > 0: independent normal priors on every log hyperparameter
+            # (prior_prec = 1 / sd^2; 0 gives the plain marginal likelihood)
+            lp = sum(jnp.sum(0.5 * prior_prec * (p[k] - prior_mu[k]) ** 2) for k in p)
+            return (-_gp({**p, **fixed}, X, diag).log_probability(z) + lp) / n
 
         def body(carry, _):
             p, s = carry
@@ -155,8 +158,8 @@ def _pad_size(n: int) -> int:
 def fit_gp(kind: str, features: np.ndarray, costs: np.ndarray, *, context: np.ndarray | None = None,
            mean_cols: Sequence[int] | None = None, steps: int = 300, lr: float = 0.05,
            slope_prior: float | None = None, slope_sd: float = 0.5, offset_sd: float = 2.0,
-           floor_frac: float = 0.05) -> LayerGP:
-    """Fits one GP. features: [n, D] positive raw features (D <= 10); costs: [n] (joules or seconds).
+           floor_frac: float = 0.05, hyper_prior_sd: float | None = None) -> LayerGP:
+    """Fits one GP. features: [n, D] positive raw features (D <= D_MAX); costs: [n] (joules or seconds).
 
     context: [n] the scale of the measurements each cost was subtracted from (THOR:
     ``sqrt(c_{i-1}^2 + c_i^2)``). When given, point i gets extra noise variance
@@ -167,6 +170,11 @@ def fit_gp(kind: str, features: np.ndarray, costs: np.ndarray, *, context: np.nd
     columns. slope_prior: prior mean of the total elasticity over ``mean_cols`` (split evenly;
     default 1.0, i.e. cost ∝ work); slope_sd / offset_sd: prior sds of each slope and of the
     offset, in log units.
+    hyper_prior_sd: ``None`` (default) maximises the marginal likelihood (type-II ML); a number
+    maximises the posterior instead (MAP) under independent normal priors of this sd on every log
+    hyperparameter (log amplitude, log length scales, log noise, log relative noise), centred at
+    their starting values (amplitude 0.3, length scale = the feature's spread >= 1 nat, noise 0.05,
+    relative noise 0.02) [our choice; an option for few-sample fits, e.g. early active learning].
     """
     import jax.numpy as jnp
 
@@ -184,6 +192,8 @@ def fit_gp(kind: str, features: np.ndarray, costs: np.ndarray, *, context: np.nd
         raise ValueError(f"kind {kind!r}: costs contain NaN/inf")
     if slope_sd <= 0 or offset_sd <= 0:
         raise ValueError(f"slope_sd={slope_sd} and offset_sd={offset_sd} must be > 0")
+    if hyper_prior_sd is not None and not (np.isfinite(hyper_prior_sd) and hyper_prior_sd > 0):
+        raise ValueError(f"hyper_prior_sd={hyper_prior_sd} must be a positive number (or None for no prior)")
     pos = c[c > 0]
     floor = float(floor_frac * np.median(pos)) if pos.size else 1e-12
     y = np.log(np.maximum(c, floor))
@@ -217,6 +227,8 @@ def fit_gp(kind: str, features: np.ndarray, costs: np.ndarray, *, context: np.nd
     fit = _fit_fn(int(steps), float(lr))
     fixed = {"w0": w0, "mean_mask": mask, "log_sw": np.log(slope_sd), "log_sb": np.log(offset_sd), "rsq": rsq}
     free = {"log_amp": np.log(0.3), "log_ls": np.log(ls0), "log_noise": np.log(0.05), "log_rel": np.log(0.02)}
+    prior_mu = {k: np.asarray(v, np.float64) for k, v in free.items()}
+    prior_prec = 0.0 if hyper_prior_sd is None else 1.0 / float(hyper_prior_sd) ** 2
     for rnd in range(2 if context is not None else 1):
         if rnd == 1:
             # Second pass [our choice]: the subtraction-noise weight of a point must not depend on
@@ -229,7 +241,8 @@ def fit_gp(kind: str, features: np.ndarray, costs: np.ndarray, *, context: np.nd
             fixed = dict(fixed, rsq=rsq)
         with _x64():
             p, _ = fit({k: jnp.asarray(v) for k, v in free.items()}, {k: jnp.asarray(v) for k, v in fixed.items()},
-                       jnp.asarray(Xp), jnp.asarray(zp), jnp.asarray(diag), jnp.asarray(float(n)))
+                       jnp.asarray(Xp), jnp.asarray(zp), jnp.asarray(diag), jnp.asarray(float(n)),
+                       {k: jnp.asarray(v) for k, v in prior_mu.items()}, jnp.asarray(prior_prec))
             free = {k: np.asarray(v, np.float64) for k, v in p.items()}
         gp = LayerGP(kind, Xp, zp, diag, x_mu, y_mu, floor, {**free, **{k: np.asarray(v, np.float64) for k, v in fixed.items()}}, n)
     return gp

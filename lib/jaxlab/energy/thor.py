@@ -58,12 +58,13 @@ def _group(samples: Sequence[LayerSample]) -> dict:
     return by
 
 
-def fit_thor(samples: Sequence[LayerSample], *, steps: int = 300, lr: float = 0.05, floor_frac: float = 0.05) -> ThorModel:
+def fit_thor(samples: Sequence[LayerSample], *, steps: int = 300, lr: float = 0.05, floor_frac: float = 0.05,
+             hyper_prior_sd: float | None = None) -> ThorModel:
     """One GP per layer kind (and 'fixed') from subtraction samples. Kinds with < 2 samples are skipped.
 
     Layer kinds: linear mean over log FLOPs and log bytes with prior elasticity 1 (cost ∝ work);
     'fixed' (the per-iteration overhead): linear mean over its features with prior slope 0
-    [our choice, see :mod:`jaxlab.energy.gp`].
+    [our choice, see :mod:`jaxlab.energy.gp`]. ``hyper_prior_sd``: see :func:`gp.fit_gp` (None: type-II ML).
     """
     if not samples:
         raise ValueError("fit_thor: no samples; profile some chains first")
@@ -77,7 +78,7 @@ def fit_thor(samples: Sequence[LayerSample], *, steps: int = 300, lr: float = 0.
         mean_cols = [names.index(c) for c in ("flops", "bytes") if c in names] or None
         gps[kind] = fit_gp(kind, F, np.array([s.cost for s in ss]), context=np.array([s.context for s in ss]),
                            mean_cols=mean_cols, slope_prior=1.0 if mean_cols else 0.0,
-                           steps=steps, lr=lr, floor_frac=floor_frac)
+                           steps=steps, lr=lr, floor_frac=floor_frac, hyper_prior_sd=hyper_prior_sd)
     return ThorModel(gps, counts)
 
 
