@@ -22,6 +22,9 @@ def test_conv_flops_and_shapes_closed_form():
     assert p[1].features["max"] == 2
     assert p[0].features["valid"] == 2
     assert P.place(Network((12, 12, 3), (Conv(8, 5),), batch=4))[0].features["valid"] == 1
+    # kbig: the kernel is larger than the input's height or width (XLA:CPU's slow conv path)
+    assert p[0].features["kbig"] == 1
+    assert [P.place(Network((h, 6, 3), (Conv(8, 5),), batch=4))[0].features["kbig"] for h in (4, 5)] == [2, 1]
     assert len(P.feature_vector("conv", p[0].features)) == len(P.FEATURES["conv"]) <= G.D_MAX
     assert P.network_train_flops(net) == pytest.approx(sum(q.train_flops for q in p))
 

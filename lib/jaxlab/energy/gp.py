@@ -52,7 +52,7 @@ import numpy as np
 __all__ = ["LayerGP", "fit_gp", "predict_gp", "gp_kernel", "add_pseudo_points", "PAD_VARIANCE", "D_MAX"]
 
 PAD_VARIANCE = 1e6
-D_MAX = 11  # features are zero-padded to this many columns (the most of any layer kind)
+D_MAX = 12  # features are zero-padded to this many columns (the most of any layer kind)
 
 
 class LayerGP(NamedTuple):

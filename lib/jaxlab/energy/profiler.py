@@ -100,11 +100,18 @@ LAYER_KINDS = tuple(_KIND_OF.values())
 # 2026-12-05: Conv(24, 3) VALID after a 28x28x32 input at batch 16 took 17.4 ms per training
 # iteration against 9.1 ms SAME, though VALID has fewer outputs; its input gradient is a conv
 # with explicit k-1 padding; 5-fold chain CV of a 240-chain wall-clock database: 24.8% vs 26.5%
-# without the feature, conv chains 32.1% vs 35.2%); ``flops`` and ``bytes`` are derived training
+# without the feature, conv chains 32.1% vs 35.2%); ``kbig`` is 2 when the conv's kernel is larger
+# than its input's height or width and 1 otherwise (measured 2026-12-06, Conv(24) after a 1x1 conv
+# on an HxHx32 input at batch 16, the second conv's subtracted cost per training FLOP: kernel 3 at
+# H = 2 187 ps against 12-26 ps at H = 3-10; kernel 5 at H = 2 / 3 / 4 72 / 131 / 141 ps against
+# 9-15 ps at H = 5-10: XLA:CPU leaves its fast conv path there; without the flag the GP spread
+# the H = 4 cost to H = 6-8 convs and over-predicted held-out CNNs by up to 2x. Wall-clock study, 24
+# held-out models, with / without the flag: seed 1 database refitted 20.7% / 29.4% (CNNs 26.6 / 44.1%),
+# fresh seed 2 14.0% / 16.6%; 5-fold chain CV 18.6 / 19.6% and 19.3 / 20.3%); ``flops`` and ``bytes`` are derived training
 # FLOPs and bytes. [our choice: systems.md's proposed features plus these.] "fixed" is the empty network P0
 # (per-iteration overhead).
 FEATURES = {
-    "conv": ("cin", "cout", "kernel", "stride", "valid", "h", "w", "batch", "pos", "flops", "bytes"),
+    "conv": ("cin", "cout", "kernel", "stride", "valid", "kbig", "h", "w", "batch", "pos", "flops", "bytes"),
     "dense": ("fin", "fout", "batch", "pos", "flops", "bytes"),
     "bn": ("c", "hw", "batch", "pos", "flops", "bytes"),
     "pool": ("c", "h", "w", "window", "max", "batch", "pos", "flops", "bytes"),
@@ -209,7 +216,8 @@ def _features(kind, spec, s, out, batch, grad_in, flops, nbytes):
     common = {"batch": batch, "pos": 2 if grad_in else 1, "flops": flops, "bytes": nbytes}
     if kind == "conv":
         return {"cin": s[2], "cout": spec.features, "kernel": spec.kernel, "stride": spec.stride,
-                "valid": 2 if spec.padding == "VALID" else 1, "h": s[0], "w": s[1], **common}
+                "valid": 2 if spec.padding == "VALID" else 1, "kbig": 2 if spec.kernel > min(s[0], s[1]) else 1,
+                "h": s[0], "w": s[1], **common}
     if kind == "dense":
         return {"fin": int(np.prod(s)), "fout": spec.features, **common}
     if kind == "bn":
