@@ -56,6 +56,13 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     # 31.2%, repeat floor 15.2% (THOR vs the repeat measurement 19.4%); refit of that database with the
     # 'valid' feature 13.9%. Fresh draw --config.seed=1 with the feature: THOR 27.2% / FLOPs 42.0% / NeuralPower
     # 30.6% (CNN 26.6, MLP 27.8), repeat floor 9.8%, median window spread 36%.
+    # 2026-12-06, same command, fresh measurements of seeds 0 / 1 / 2: THOR 18.9 / 29.4 / 14.0%, FLOPs 51.3 / 61.2 /
+    # 89.5%, NeuralPower 54.5 / 40.9 / 31.6%, repeat floor 13.6 / 12.1 / 15.1%, median window spread 35 / 37 / 34%
+    # (seed 1 measured before the conv 'kbig' feature: its refit with the feature 20.7%, CNNs 44.1 -> 26.6%).
+    # With / without 'kbig' on the same databases: held-out 18.9 / 15.0, 20.7 / 29.4, 14.0 / 16.6%; 5-fold chain
+    # CV 21.1 / 23.6, 18.6 / 19.6, 19.3 / 20.3%. Largest remaining errors: a VALID 5x5 conv at 12x12x48 predicted
+    # 24 ms (seed 0; few VALID 5x5 convs with an input gradient were profiled) and a Dense on a 28x28x64 flatten
+    # (fin 50176, 2.6x the largest profiled fin) predicted 6.4 ms against ~27 ms measured (seed 2).
     c.wall = ml_collections.ConfigDict()
     c.wall.enabled = True
     c.wall.pool_chains = 240  # ~4-6 min of profiling; idle runs: 40 chains 24% (before the max/pos features), 120: 18%, 240: 12% (17% on a fresh re-measurement), 480: 15%
