@@ -106,8 +106,9 @@ LAYER_KINDS = tuple(_KIND_OF.values())
 # H = 2 187 ps against 12-26 ps at H = 3-10; kernel 5 at H = 2 / 3 / 4 72 / 131 / 141 ps against
 # 9-15 ps at H = 5-10: XLA:CPU leaves its fast conv path there; without the flag the GP spread
 # the H = 4 cost to H = 6-8 convs and over-predicted held-out CNNs by up to 2x. Wall-clock study, 24
-# held-out models, with / without the flag: seed 1 database refitted 20.7% / 29.4% (CNNs 26.6 / 44.1%),
-# fresh seed 2 14.0% / 16.6%; 5-fold chain CV 18.6 / 19.6% and 19.3 / 20.3%); ``flops`` and ``bytes`` are derived training
+# held-out models, with / without the flag: seed 0 18.9% / 15.0% (worse: a VALID 5x5 conv predicted 24 ms),
+# seed 1 database refitted 20.7% / 29.4% (CNNs 26.6 / 44.1%), fresh seed 2 14.0% / 16.6%; 5-fold chain CV
+# 21.1 / 23.6%, 18.6 / 19.6% and 19.3 / 20.3%); ``flops`` and ``bytes`` are derived training
 # FLOPs and bytes. [our choice: systems.md's proposed features plus these.] "fixed" is the empty network P0
 # (per-iteration overhead).
 FEATURES = {
