@@ -156,3 +156,27 @@ def test_measure_networks_interleaved_records_wall_and_cpu(tmp_path):
     assert all(len(r["cpu_windows_s"]) == 3 and r["interleaved_with"] == 4 for r in recs)
     with pytest.raises(ValueError, match="clock"):
         P.measure_networks(M.wallclock_meter(), P.prefixes(chain), db, clock="gpu", **kw)
+
+
+def test_pooled_measurements_take_the_median_of_all_rounds_windows(tmp_path):
+    db = P.ProfileDB(str(tmp_path / "db.jsonl"))
+    meter = M.wallclock_meter()
+    nets = [Network((6,), (Dense(4),), batch=2), Network((6,), (Dense(8), Act()), batch=2)]
+    kw = dict(windows=3, min_window_s=0.001)
+    compiled: dict = {}
+    for tag in ("r0", "r1"):
+        P.measure_networks(meter, nets, db, tag=tag, compiled=compiled, **kw)
+    assert len(compiled) == 2 and len(db) == 4  # compiled once, measured twice
+    pooled = P.pooled_measurements(meter, nets, db, ["r0", "r1"], **kw)
+    cpu = P.pooled_measurements(meter, nets, db, ["r0", "r1"], clock="cpu", **kw)
+    for i, n in enumerate(nets):
+        rec = [db.get(P.network_key(n, meter.name, dict(kw, tag=t, interleaved=True))) for t in ("r0", "r1")]
+        assert pooled[i].seconds == pytest.approx(float(np.median(rec[0]["windows_s"] + rec[1]["windows_s"])))
+        assert cpu[i].seconds == pytest.approx(float(np.median(rec[0]["cpu_windows_s"] + rec[1]["cpu_windows_s"])))
+    # one round alone is that round's own median
+    one = P.pooled_measurements(meter, nets[:1], db, ["r1"], **kw)[0].seconds
+    assert one == pytest.approx(P.measure_networks(meter, nets[:1], db, tag="r1", **kw)[0].seconds)
+    with pytest.raises(KeyError, match="tag 'r2'"):
+        P.pooled_measurements(meter, nets, db, ["r0", "r2"], **kw)
+    with pytest.raises(ValueError, match="tags is empty"):
+        P.pooled_measurements(meter, nets, db, [], **kw)

@@ -31,6 +31,7 @@ import hashlib
 import json
 import math
 import os
+import statistics
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -479,7 +480,8 @@ def measure_network(meter: Meter, net: Network, db: ProfileDB | None = None, *, 
 
 
 def measure_networks(meter: Meter, nets: Sequence[Network], db: ProfileDB | None = None, *, windows: int = 9,
-                     min_window_s: float = 0.02, warmup: int = 2, tag: str = "", clock: str = "meter") -> list[Measurement]:
+                     min_window_s: float = 0.02, warmup: int = 2, tag: str = "", clock: str = "meter",
+                     compiled: dict | None = None) -> list[Measurement]:
     """Per-iteration costs of several networks, measured together with interleaved windows.
 
     Networks already in ``db`` are read back; the others are compiled (each its own jitted step)
@@ -487,7 +489,9 @@ def measure_networks(meter: Meter, nets: Sequence[Network], db: ProfileDB | None
     subtraction between a chain's prefix variants robust to load bursts on a shared CPU.
     Simulated meters just evaluate their device model. Every window also records the process
     CPU time; ``clock='cpu'`` returns its median as ``seconds`` instead of the meter's reading
-    (same measurement, same DB record).
+    (same measurement, same DB record). ``compiled`` (a dict the caller keeps) caches the compiled
+    training steps by network, so measuring the same networks again (e.g. in rounds spread over a
+    long study) does not compile them again.
     """
     from jaxlab.energy.meters import measure_interleaved
 
@@ -498,7 +502,15 @@ def measure_networks(meter: Meter, nets: Sequence[Network], db: ProfileDB | None
     todo = [i for i, k in enumerate(keys) if db is None or k not in db]
     fresh = {}
     if todo:
-        built = [make_train_step(nets[i]) for i in todo]
+        if compiled is None:
+            built = [make_train_step(nets[i]) for i in todo]
+        else:
+            built = []
+            for i in todo:
+                ck = network_key(nets[i], "compiled")
+                if ck not in compiled:
+                    compiled[ck] = make_train_step(nets[i])
+                built.append(compiled[ck])
         steps = [(lambda s, st=st, x=x, y=y: st(s[0], x, y)) for st, _, (x, y) in built]
         stats: list = []
         ms = measure_interleaved(meter, steps, [(state, 0.0) for _, state, _ in built], warmup=warmup,
@@ -526,6 +538,35 @@ def measure_networks(meter: Meter, nets: Sequence[Network], db: ProfileDB | None
                 raise ValueError(f"DB record {k} has no CPU time (measured by an older version); delete the DB line")
             m = Measurement(float("nan"), float(cpu_s))
         out.append(m)
+    return out
+
+
+def pooled_measurements(meter: Meter, nets: Sequence[Network], db: ProfileDB, tags: Sequence[str], *,
+                        windows: int = 9, min_window_s: float = 0.02, clock: str = "meter") -> list[Measurement]:
+    """Per-iteration costs of ``nets`` from measurements already in ``db`` under several ``tags``
+    (e.g. rounds taken at different times): the median of all their windows pooled.
+
+    A median over windows spread across a long study follows the machine's average state over
+    that span instead of its state during one short measurement. Raises ``KeyError`` naming the
+    first network and tag not in ``db`` (measure them with :func:`measure_networks` first).
+    """
+    if clock not in ("meter", "cpu"):
+        raise ValueError(f"clock={clock!r}: use 'meter' or 'cpu'")
+    if not tags:
+        raise ValueError("pooled_measurements: tags is empty")
+    field = "windows_s" if clock == "meter" else "cpu_windows_s"
+    out = []
+    for n in nets:
+        pooled = []
+        for tag in tags:
+            key = network_key(n, meter.name, {"windows": windows, "min_window_s": min_window_s, "tag": tag,
+                                              "interleaved": True})
+            r = db.get(key)
+            if r is None or r.get(field) is None:
+                raise KeyError(f"no {field} for tag {tag!r} of network {network_to_json(n)} in {db.path}: "
+                               "measure it with measure_networks(..., tag=...) first")
+            pooled += list(r[field])
+        out.append(Measurement(float("nan"), float(statistics.median(pooled))))
     return out
 
 
