@@ -41,9 +41,12 @@ from jaxlab.utils.workdir import Workdir, markdown_table
 FAMILIES = ("cnn", "mlp")
 
 
-def _profile_chains(meter, chains, db, desc, **kw):
+def _profile_chains(meter, chains, db, desc, before=None, **kw):
+    """Prefix costs of every chain; ``before(i)`` (optional) runs before chain ``i`` is measured."""
     costs = []
-    for c in progress(chains, total=len(chains), desc=desc):
+    for i, c in enumerate(progress(chains, total=len(chains), desc=desc)):
+        if before is not None:
+            before(i)
         # the prefix variants of one chain are measured together, windows interleaved
         costs.append([m.value(meter.quantity) for m in P.measure_networks(meter, P.prefixes(c), db, **kw)])
     return costs
@@ -240,6 +243,26 @@ def _wall_chains(cw, rng, space, seed):
     return chains + [T.sample_model_chain(mrng, space) for _ in range(n_models)]
 
 
+_REPEAT_NOTE = {
+    False: "MAPE of a second measurement of the same held-out models (same settings, taken after the first) "
+           "against the first: the machine's own floor",
+    True: "MAPE of the odd rounds' pooled measurement of the held-out models against the even rounds' (both "
+          "spread over the profiling span): the machine's own floor"}
+_HELDOUT_PROTOCOL = {
+    False: "held-out models measured after the profiling (groups of 4), then a second time",
+    True: "[our choice] held-out models measured in {rounds} rounds spread evenly over the profiling (all models "
+          "interleaved in each round); measured = median of the even rounds' windows pooled, repeat = the odd "
+          "rounds': the truth is taken over the same span, so the same average machine state, as the profile"}
+
+
+def _round_levels(meter, held, db, tags, clock, hk) -> list[float]:
+    """Per round, the geometric mean over the held-out models of (round median / all rounds' pooled
+    median): the machine's speed drift over the profiling span (1.0 = average)."""
+    pooled = np.array([m.seconds for m in P.pooled_measurements(meter, held, db, tags, clock=clock, **hk)])
+    return [float(np.exp(np.mean(np.log(np.array([m.seconds for m in P.pooled_measurements(
+        meter, held, db, [t], clock=clock, **hk)]) / pooled)))) for t in tags]
+
+
 def study_wall(cfg, wd: Workdir, log):
     """Wall-clock study; the same measurements also give a process-CPU-time study ("cpu")."""
     rng = np.random.default_rng(cfg.seed + 100)
@@ -252,25 +275,45 @@ def study_wall(cfg, wd: Workdir, log):
     meter = M.wallclock_meter()
     db = P.ProfileDB(wd.file("profile_db_wallclock.jsonl"))
     kw = dict(windows=cfg.wall.windows, min_window_s=cfg.wall.min_window_s)
+    hk = dict(windows=cfg.wall.heldout_windows, min_window_s=cfg.wall.min_window_s)
+    rounds = int(cfg.wall.get("heldout_rounds", 0))
+    if rounds < 0 or rounds == 1:
+        raise ValueError(f"wall.heldout_rounds={rounds}: use 0 (held-out models measured after profiling) "
+                         "or >= 2 (rounds spread over the profiling; even rounds measure, odd rounds repeat)")
+    tags = ([f"heldout_round{r}" for r in range(0, rounds, 2)], [f"heldout_round{r}" for r in range(1, rounds, 2)])
+    compiled: dict = {}
+    # round r runs before chain (r + 1/2) n / rounds: the rounds split the profiling span evenly
+    at = {int((r + 0.5) * len(chains) / rounds): r for r in range(rounds)} if rounds else {}
+
+    def heldout_round(i):
+        if i in at:
+            P.measure_networks(meter, held, db, tag=f"heldout_round{at[i]}", compiled=compiled, **hk)
+
     t0 = time.perf_counter()
-    _profile_chains(meter, chains, db, "wall-clock profile", **kw)
+    _profile_chains(meter, chains, db, "wall-clock profile", before=heldout_round, **kw)
     t_prof = time.perf_counter() - t0
+    compiled.clear()
     variant_keys = {P.network_key(v._replace(num_classes=None), "x") for c in chains for v in P.prefixes(c)}
     assert not any(P.network_key(n._replace(num_classes=None), "x") in variant_keys for n in held), "held-out model was profiled"
-    hk = dict(windows=cfg.wall.heldout_windows, min_window_s=cfg.wall.min_window_s, tag="heldout")
-    for g in progress(range(0, len(held), 4), total=-(-len(held) // 4), desc="held-out models (groups of 4)"):
-        P.measure_networks(meter, held[g:g + 4], db, **hk)
-    # the same held-out models measured a second time, later: the MAPE between the two
-    # measurements is the floor that no estimator can beat on this machine
-    hk2 = dict(hk, tag="heldout_repeat")
-    for g in progress(range(0, len(held), 4), total=-(-len(held) // 4), desc="held-out models, repeat"):
-        P.measure_networks(meter, held[g:g + 4], db, **hk2)
+    if rounds:
+        def held_costs(which, clock):
+            return [m.seconds for m in P.pooled_measurements(meter, held, db, tags[which], clock=clock, **hk)]
+    else:
+        hk1, hk2 = dict(hk, tag="heldout"), dict(hk, tag="heldout_repeat")
+        for g in progress(range(0, len(held), 4), total=-(-len(held) // 4), desc="held-out models (groups of 4)"):
+            P.measure_networks(meter, held[g:g + 4], db, **hk1)
+        # the same held-out models measured a second time, later: the MAPE between the two
+        # measurements is the floor that no estimator can beat on this machine
+        for g in progress(range(0, len(held), 4), total=-(-len(held) // 4), desc="held-out models, repeat"):
+            P.measure_networks(meter, held[g:g + 4], db, **hk2)
+
+        def held_costs(which, clock):
+            return [m.seconds for m in P.measure_networks(meter, held, db, clock=clock, **(hk1, hk2)[which])]
     recs = list(db.records.values())
     out, fitted = {}, {}
     for clock, label in (("meter", "wall"), ("cpu", "cpu")):
         costs = [[m.seconds for m in P.measure_networks(meter, P.prefixes(c), db, clock=clock, **kw)] for c in chains]
-        measured = [m.seconds for m in P.measure_networks(meter, held, db, clock=clock, **hk)]
-        repeat = [m.seconds for m in P.measure_networks(meter, held, db, clock=clock, **hk2)]
+        measured, repeat = held_costs(0, clock), held_costs(1, clock)
         models = _fit_all(cfg, chains, costs)
         pred = _predict_all(models, held)
         res = _mapes(pred, measured, fams)
@@ -284,8 +327,9 @@ def study_wall(cfg, wd: Workdir, log):
             "per_family": res["per_family"], "band_coverage": res["band_coverage"],
             "thor_vs_flops_reduction": 1.0 - res["thor"] / res["flops"],
             "repeat_measurement_mape": T.mape(repeat, measured),
-            "repeat_measurement_note": "MAPE of a second measurement of the same held-out models (same settings, "
-                                       "taken after the first) against the first: the machine's own floor",
+            "repeat_measurement_note": _REPEAT_NOTE[bool(rounds)],
+            "heldout_protocol": _HELDOUT_PROTOCOL[bool(rounds)].format(rounds=rounds),
+            "heldout_round_levels": _round_levels(meter, held, db, [f"heldout_round{r}" for r in range(rounds)], clock, hk) if rounds else None,
             "timing_noise": {"median_rel_spread_of_windows": float(statistics.median(spreads)) if spreads else None,
                              "p90_rel_spread_of_windows": float(np.quantile(spreads, 0.9)) if spreads else None,
                              "windows": cfg.wall.windows, "heldout_windows": cfg.wall.heldout_windows,

@@ -70,7 +70,8 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     c.wall.heldout = 24
     c.wall.windows = 9
     c.wall.min_window_s = 0.02
-    c.wall.heldout_windows = 11
+    c.wall.heldout_windows = 11  # per measurement (per round when heldout_rounds > 0)
+    c.wall.heldout_rounds = 0  # >= 2: held-out models measured in rounds spread over the profiling (experiments.thor.study_wall)
     c.wall.max_train_flops = 1.5e9
     c.wall.al_init = 6
     c.wall.al_step = 8

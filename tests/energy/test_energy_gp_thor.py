@@ -362,3 +362,35 @@ def test_alc_over_target_models_reduces_their_variance_most_by_brute_force(sim_s
         T.select_batch(model, pool, range(len(pool)), 1, "alc_models")
     with pytest.raises(ValueError, match="targets is empty"):
         T.select_batch_alc(model, pool, range(len(pool)), 1, [])
+
+
+def test_wall_study_heldout_rounds_spread_over_profiling(tmp_path):
+    """heldout_rounds: held-out models measured in rounds between the chains, pooled per parity."""
+    from experiments.configs.thor import get_config
+    from experiments.thor import study_wall
+    from jaxlab.utils.workdir import Workdir
+
+    cfg = get_config("quick")
+    cfg.wall.update(pool_chains=3, heldout=2, windows=2, heldout_windows=2, min_window_s=0.001,
+                    max_train_flops=2e7, heldout_rounds=4)
+    cfg.gp_steps = 20
+    wd = Workdir(tmp_path / "wall")
+    out, _, db, chains, _ = study_wall(cfg, wd, lambda **kw: None)
+    tags = [r["key"] for r in db.records.values()]
+    n_round = [sum(1 for r in db.records.values() if P.network_key(
+        P.network_from_json(r["network"]), "wallclock",
+        {"windows": 2, "min_window_s": 0.001, "tag": f"heldout_round{k}", "interleaved": True}) == r["key"])
+        for k in range(4)]
+    assert n_round == [2, 2, 2, 2] and len(tags) == len(db)
+    w = out["wall"]
+    assert "rounds spread evenly" in w["heldout_protocol"] and "odd rounds" in w["repeat_measurement_note"]
+    levels = w["heldout_round_levels"]
+    assert len(levels) == 4 and all(lv > 0 for lv in levels)
+    assert len(w["scatter"]["measured"]) == 2 and all(m > 0 for m in w["scatter"]["measured"])
+    # a resumed run re-measures nothing
+    n = len(db)
+    study_wall(cfg, wd, lambda **kw: None)
+    assert len(P.ProfileDB(wd.file("profile_db_wallclock.jsonl"))) == n
+    cfg.wall.heldout_rounds = 1
+    with pytest.raises(ValueError, match="heldout_rounds=1"):
+        study_wall(cfg, Workdir(tmp_path / "bad"), lambda **kw: None)
