@@ -64,8 +64,10 @@ def _variants(chains, costs):
     return nets, vals
 
 
-def _fit_all(cfg, chains, costs):
-    samples = [s for ss in _chain_samples(chains, costs) for s in ss]
+def _fit_all(cfg, chains, costs, extra=()):
+    """THOR, FLOPs-linear and NeuralPower fits; ``extra`` samples (e.g. the classifier-loss term's)
+    go to THOR and NeuralPower, whose estimates are sums of terms."""
+    samples = [s for ss in _chain_samples(chains, costs) for s in ss] + list(extra)
     thor = T.fit_thor(samples, **_fit_kw(cfg))
     fl = B.fit_flops_linear(*_variants(chains, costs))
     npw = B.fit_neuralpower(samples, seed=cfg.seed)
@@ -285,7 +287,14 @@ def study_wall(cfg, wd: Workdir, log):
     # round r runs before chain (r + 1/2) n / rounds: the rounds split the profiling span evenly
     at = {int((r + 0.5) * len(chains) / rounds): r for r in range(rounds)} if rounds else {}
 
+    # a ~10 us difference of two ~60 us steps: more windows than a chain's [our choice]
+    lk = dict(windows=int(cfg.wall.get("loss_windows", 31)), min_window_s=cfg.wall.min_window_s)
+    loss_nets = [n for b in sorted({h.batch for h in held} | set(space.batches)) for n in P.loss_pair(b)]
+
     def heldout_round(i):
+        if i == 0 and cfg.wall.get("loss_term", False):
+            # the classifier-loss term's pairs, windows interleaved, at the start of the profile
+            P.measure_networks(meter, loss_nets, db, tag="loss_pairs", **lk)
         if i in at:
             P.measure_networks(meter, held, db, tag=f"heldout_round{at[i]}", compiled=compiled, **hk)
 
@@ -314,7 +323,11 @@ def study_wall(cfg, wd: Workdir, log):
     for clock, label in (("meter", "wall"), ("cpu", "cpu")):
         costs = [[m.seconds for m in P.measure_networks(meter, P.prefixes(c), db, clock=clock, **kw)] for c in chains]
         measured, repeat = held_costs(0, clock), held_costs(1, clock)
-        models = _fit_all(cfg, chains, costs)
+        extra = []
+        if cfg.wall.get("loss_term", False):
+            lc = [m.seconds for m in P.measure_networks(meter, loss_nets, db, tag="loss_pairs", clock=clock, **lk)]
+            extra = [P.loss_sample(loss_nets[j], lc[j], lc[j + 1]) for j in range(0, len(loss_nets), 2)]
+        models = _fit_all(cfg, chains, costs, extra)
         pred = _predict_all(models, held)
         res = _mapes(pred, measured, fams)
         spread_key = "rel_spread" if clock == "meter" else "cpu_rel_spread"
@@ -329,6 +342,10 @@ def study_wall(cfg, wd: Workdir, log):
             "repeat_measurement_mape": T.mape(repeat, measured),
             "repeat_measurement_note": _REPEAT_NOTE[bool(rounds)],
             "heldout_protocol": _HELDOUT_PROTOCOL[bool(rounds)].format(rounds=rounds),
+            "loss_term": ({"per_batch_s": {str(e.features["batch"]): e.cost for e in extra},
+                           "note": "[our choice] classifier loss (softmax cross-entropy minus the variants' mean-square "
+                                   "readout over [batch, 10]) profiled as its own term (profiler.loss_pair) and added "
+                                   "to THOR's and NeuralPower's sums"} if extra else None),
             "heldout_round_levels": _round_levels(meter, held, db, [f"heldout_round{r}" for r in range(rounds)], clock, hk) if rounds else None,
             "timing_noise": {"median_rel_spread_of_windows": float(statistics.median(spreads)) if spreads else None,
                              "p90_rel_spread_of_windows": float(np.quantile(spreads, 0.9)) if spreads else None,

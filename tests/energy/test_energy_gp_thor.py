@@ -172,6 +172,33 @@ def test_thor_recovers_known_total_and_additivity_breaks_as_interaction_grows(si
     assert err1 > 2 * err0 and err1 > 5.0
 
 
+def test_loss_term_is_added_only_for_classifiers_of_a_model_fitted_with_it(sim_setup, additive_fit):
+    chains, held = sim_setup
+    _, model = additive_fit
+    net = held[0]
+    assert net.num_classes == 10 and "loss" not in model.gps
+    base = T.estimate(model, net)
+    assert [k for k, _ in base.per_layer].count("loss") == 0
+    ce, ro = P.loss_pair(16)
+    assert ce.num_classes == 10 and ro.num_classes is None and ce.layers == ro.layers
+    extra = [P.loss_sample(P.loss_pair(b)[0], c + 2e-5 * (b / 16) ** 0.5, c) for b in (8, 16, 32, 64) for c in (1e-4, 2e-4)]
+    assert extra[0].kind == "loss" and extra[0].cost == pytest.approx(2e-5 * 0.5 ** 0.5)
+    model_l = T.ThorModel({**model.gps, "loss": T.fit_thor(extra, steps=100).gps["loss"]}, model.n_samples)
+    est = T.estimate(model_l, net)
+    kinds = [k for k, _ in est.per_layer]
+    assert kinds[-1] == "loss" and kinds.count("loss") == 1
+    assert est.total - base.total == pytest.approx(est.per_layer[-1][1], rel=1e-9)
+    assert est.per_layer[-1][1] == pytest.approx(2e-5 * (net.batch / 16) ** 0.5, rel=0.3)
+    # a profiling variant (no classifier) gets no loss term
+    variant = P.Network(net.input_shape, net.layers, net.batch, None)
+    assert [k for k, _ in T.estimate(model_l, variant).per_layer].count("loss") == 0
+    assert P.cost_terms(net)[-1][0] != "loss" and P.cost_terms(net, with_loss=True)[-1] == ("loss", {"classes": 10, "batch": net.batch})
+    with pytest.raises(ValueError, match="num_classes=None"):
+        P.loss_features(variant)
+    with pytest.raises(ValueError, match="classes >= 2"):
+        P.loss_pair(8, classes=1)
+
+
 def test_estimate_band_and_unknown_kind(sim_setup, additive_fit):
     chains, held = sim_setup
     dev, model = additive_fit
@@ -387,6 +414,11 @@ def test_wall_study_heldout_rounds_spread_over_profiling(tmp_path):
     levels = w["heldout_round_levels"]
     assert len(levels) == 4 and all(lv > 0 for lv in levels)
     assert len(w["scatter"]["measured"]) == 2 and all(m > 0 for m in w["scatter"]["measured"])
+    # the classifier-loss pairs were measured (31 windows) and fitted for every batch size
+    space_batches = set(T.DesignSpace().batches)
+    assert set(w["loss_term"]["per_batch_s"]) == {str(b) for b in space_batches}
+    assert sum(1 for r in db.records.values() if r["network"]["layers"] == [{"layer": "dense", "features": 10}]
+               and r["network"]["input_shape"] == [16]) == 2 * len(space_batches)
     # a resumed run re-measures nothing
     n = len(db)
     study_wall(cfg, wd, lambda **kw: None)

@@ -18,7 +18,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from jaxlab.energy.profiler import LayerSample, Network, feature_vector, fixed_features, network_train_flops, place
+from jaxlab.energy.profiler import LayerSample, Network, cost_terms, feature_vector, network_train_flops
 
 __all__ = ["FlopsLinear", "fit_flops_linear", "predict_flops_linear", "NeuralPower", "fit_neuralpower",
            "predict_neuralpower"]
@@ -89,8 +89,9 @@ def fit_neuralpower(samples: Sequence[LayerSample], *, degrees: Sequence[int] = 
 
 
 def predict_neuralpower(model: NeuralPower, net: Network) -> float:
-    """Overhead + sum of per-layer polynomial predictions (kinds with < 2*folds samples use their mean)."""
-    terms = [("fixed", fixed_features(net))] + [(p.kind, p.features) for p in place(net)]
+    """Overhead + sum of per-layer polynomial predictions (kinds with < 2*folds samples use their mean);
+    plus the classifier-loss term when the fit had 'loss' samples (as THOR's :func:`thor.estimate`)."""
+    terms = cost_terms(net, with_loss="loss" in model.means)
     total = 0.0
     for kind, feats in terms:
         if kind in model.regressors:

@@ -44,7 +44,7 @@ __all__ = [
     "Network", "PlacedLayer", "place", "layer_kind", "feature_vector", "fixed_features",
     "network_train_flops", "spec_to_json", "spec_from_json", "network_to_json", "network_from_json",
     "network_key", "SpecNet", "make_train_step", "ProfileDB", "measure_network", "measure_networks", "prefixes",
-    "LayerSample", "chain_samples",
+    "LayerSample", "chain_samples", "loss_features", "loss_pair", "loss_sample", "cost_terms",
 ]
 
 
@@ -111,7 +111,9 @@ LAYER_KINDS = tuple(_KIND_OF.values())
 # seed 1 database refitted 20.7% / 29.4% (CNNs 26.6 / 44.1%), fresh seed 2 14.0% / 16.6%; 5-fold chain CV
 # 21.1 / 23.6%, 18.6 / 19.6% and 19.3 / 20.3%); ``flops`` and ``bytes`` are derived training
 # FLOPs and bytes. [our choice: systems.md's proposed features plus these.] "fixed" is the empty network P0
-# (per-iteration overhead).
+# (per-iteration overhead). "loss" is the classifier loss: profiling variants train with a mean-square
+# readout of their last output, whole models with softmax cross-entropy over their class logits; the
+# difference is its own term (see :func:`loss_pair`).
 FEATURES = {
     "conv": ("cin", "cout", "kernel", "stride", "valid", "kbig", "h", "w", "batch", "pos", "flops", "bytes"),
     "dense": ("fin", "fout", "batch", "pos", "flops", "bytes"),
@@ -120,6 +122,7 @@ FEATURES = {
     "act": ("elems", "batch", "pos", "flops", "bytes"),
     "lstm": ("fin", "hidden", "steps", "batch", "pos", "flops", "bytes"),
     "fixed": ("elems", "batch"),
+    "loss": ("classes", "batch"),
 }
 
 _ACTS = ("relu", "tanh", "sigmoid", "gelu")
@@ -600,3 +603,42 @@ def chain_samples(chain: Network, costs: Sequence[float], chain_id: int = 0) -> 
         out.append(LayerSample(p.kind, p.features, float(costs[i + 1] - costs[i]), chain_id,
                                float(math.hypot(costs[i + 1], costs[i]))))
     return out
+
+
+def loss_features(net: Network) -> dict:
+    """Features of the classifier-loss term of ``net`` (which must have ``num_classes``)."""
+    if net.num_classes is None:
+        raise ValueError("loss_features: the network has num_classes=None (a profiling variant has no classifier loss)")
+    return {"classes": int(net.num_classes), "batch": int(net.batch)}
+
+
+def loss_pair(batch: int, classes: int = 10, width: int = 16) -> tuple[Network, Network]:
+    """The two networks whose cost difference is the classifier-loss term at ``batch``.
+
+    Both are ``Dense(classes)`` on a ``width``-vector input; the first trains with softmax
+    cross-entropy over integer labels (as whole models do), the second with the mean-square
+    readout of the profiling variants. Whole models end in ``Dense(classes)``, so their last
+    layer's subtracted cost already contains the readout over ``[batch, classes]``; what the
+    layer sum misses is ``cost(CE) - cost(readout)`` at that shape [our choice: the loss is not in
+    systems.md's layer list, but on XLA:CPU it is several unfused kernels, ~10-15 us per
+    iteration, measured 2026-12-06, about a fifth of a small MLP's iteration].
+    """
+    if batch < 1 or classes < 2:
+        raise ValueError(f"loss_pair(batch={batch}, classes={classes}): need batch >= 1 and classes >= 2")
+    layers = (Dense(int(classes)),)
+    return Network((int(width),), layers, int(batch), int(classes)), Network((int(width),), layers, int(batch), None)
+
+
+def loss_sample(ce_net: Network, ce_cost: float, readout_cost: float, chain_id: int = -1) -> LayerSample:
+    """The 'loss' GP sample from the measured costs of a :func:`loss_pair`."""
+    return LayerSample("loss", loss_features(ce_net), float(ce_cost - readout_cost), chain_id,
+                       float(math.hypot(ce_cost, readout_cost)))
+
+
+def cost_terms(net: Network, with_loss: bool = False) -> list[tuple[str, dict]]:
+    """``[(kind, features)]`` of the additive estimate of ``net``: the overhead ('fixed'), every
+    layer, and, when ``with_loss`` and ``net`` is a classifier, the 'loss' term."""
+    terms = [("fixed", fixed_features(net))] + [(p.kind, p.features) for p in place(net)]
+    if with_loss and net.num_classes is not None:
+        terms.append(("loss", loss_features(net)))
+    return terms

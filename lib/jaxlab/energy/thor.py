@@ -7,8 +7,8 @@ Pipeline (arXiv 2501.16397, details per systems.md §1; [our choice] where marke
    subtraction (:mod:`jaxlab.energy.profiler`).
 2. Fit one GP per layer kind plus one for the per-iteration overhead ("fixed")
    (:func:`fit_thor`, :mod:`jaxlab.energy.gp`).
-3. Estimate a whole model as ``fixed + sum_l layer_l`` with an uncertainty band
-   (:func:`estimate`).
+3. Estimate a whole model as ``fixed + sum_l layer_l`` (``+ loss`` when the fit had classifier-loss
+   samples, :func:`jaxlab.energy.profiler.loss_pair`) with an uncertainty band (:func:`estimate`).
 4. Active learning (:func:`active_learning`): from a pool of candidate chains, repeatedly profile
    the chain of largest predictive variance of its (log) cost; a batch of several chains is picked
    greedily, each conditioned on the ones before (:func:`select_batch`).
@@ -25,7 +25,8 @@ import numpy as np
 
 from jaxlab.energy.gp import LayerGP, add_pseudo_points, fit_gp, predict_gp
 from jaxlab.energy.profiler import (
-    FEATURES, LSTM, Act, BatchNorm, Conv, Dense, LayerSample, Network, Pool, feature_vector, fixed_features, place,
+    FEATURES, LSTM, Act, BatchNorm, Conv, Dense, LayerSample, Network, Pool, cost_terms, feature_vector,
+    place,
 )
 from jaxlab.energy.profiler import layer_kind as P_kind
 
@@ -82,8 +83,9 @@ def fit_thor(samples: Sequence[LayerSample], *, steps: int = 300, lr: float = 0.
     return ThorModel(gps, counts)
 
 
-def _terms(net: Network) -> list[tuple[str, dict]]:
-    return [("fixed", fixed_features(net))] + [(p.kind, p.features) for p in place(net)]
+def _terms(net: Network, model: ThorModel | None = None) -> list[tuple[str, dict]]:
+    """Cost terms of ``net``; the classifier-loss term only when ``model`` has a 'loss' GP."""
+    return cost_terms(net, with_loss=model is not None and "loss" in model.gps)
 
 
 def _predict_terms(model: ThorModel, terms, full_cov: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -117,7 +119,8 @@ def _sum_moments(mu: np.ndarray, cov: np.ndarray) -> tuple[float, float, float]:
 
 
 def estimate(model: ThorModel, net: Network) -> Estimate:
-    """``fixed + sum of layers`` for ``net``.
+    """``fixed + sum of layers`` for ``net`` (``+ loss`` for a classifier when ``model`` was fitted
+    with 'loss' samples from :func:`jaxlab.energy.profiler.loss_pair`).
 
     Each term is log-normal with the GP's log mean/variance; the point estimate sums the medians
     ``exp(mu)`` [our choice: robust to the heavy right tail of exp]. The std is that of the sum of
@@ -125,7 +128,7 @@ def estimate(model: ThorModel, net: Network) -> Estimate:
     (two Dense layers share the same uncertain mean slope, so their errors add up, not average
     out) and independence across kinds.
     """
-    terms = _terms(net)
+    terms = _terms(net, model)
     mu, cov = _predict_terms(model, terms, full_cov=True)
     total, _, var = _sum_moments(mu, cov)
     std = float(np.sqrt(var))
