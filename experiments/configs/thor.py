@@ -91,6 +91,14 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     c.wall.loss_term = True  # profile the classifier loss (CE vs the variants' readout) as its own term (profiler.loss_pair)
     c.wall.loss_windows = 31  # windows of the loss pairs (a small difference of two small costs)
     c.wall.heldout_rounds = 8  # 0: held-out models measured after the profiling; >= 2: in rounds spread over it (experiments.thor.study_wall)
+    # > 0: each round interleaves groups of this many held-out models of similar training FLOPs; 0: all together.
+    # 2026-12-06, fresh runs of this preset (--config.sim.enabled=False --config.prune.enabled=False
+    # --config.wall.al_max=0), seeds 0 / 1 / 2, groups of 4 vs all 24 interleaved (the runs above): THOR 16.8 / 14.2 /
+    # 17.5% vs 18.0 / 19.5 / 19.7%, FLOPs 125 / 98 / 117%, NeuralPower 31.4 / 41.2 / 48.2%, but repeat floor 13.4 / 9.8 /
+    # 8.0% vs 5.0 / 4.5 / 4.9% (each group sees its own moment of a round). Seed 1's smallest MLPs measured 32-36 us
+    # grouped vs 50-57 us interleaved with 40 ms CNNs (a fresh process with the net's own prefixes: 29 us). Chosen on
+    # these same three seeds, no confirmation draw.
+    c.wall.heldout_group = 4
     c.wall.max_train_flops = 1.5e9
     c.wall.al_init = 6
     c.wall.al_step = 8

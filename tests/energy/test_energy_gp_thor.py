@@ -399,7 +399,7 @@ def test_wall_study_heldout_rounds_spread_over_profiling(tmp_path):
 
     cfg = get_config("quick")
     cfg.wall.update(pool_chains=3, heldout=2, windows=2, heldout_windows=2, min_window_s=0.001,
-                    max_train_flops=2e7, heldout_rounds=4)
+                    max_train_flops=2e7, heldout_rounds=4, heldout_group=1)
     cfg.gp_steps = 20
     wd = Workdir(tmp_path / "wall")
     out, _, db, chains, _ = study_wall(cfg, wd, lambda **kw: None)
@@ -411,6 +411,7 @@ def test_wall_study_heldout_rounds_spread_over_profiling(tmp_path):
     assert n_round == [2, 2, 2, 2] and len(tags) == len(db)
     w = out["wall"]
     assert "rounds spread evenly" in w["heldout_protocol"] and "odd rounds" in w["repeat_measurement_note"]
+    assert "groups of 1 models of similar training FLOPs" in w["heldout_protocol"]
     levels = w["heldout_round_levels"]
     assert len(levels) == 4 and all(lv > 0 for lv in levels)
     assert len(w["scatter"]["measured"]) == 2 and all(m > 0 for m in w["scatter"]["measured"])
