@@ -482,6 +482,11 @@ def measure_network(meter: Meter, net: Network, db: ProfileDB | None = None, *, 
     return m
 
 
+def _interleaved_key(net: Network, meter_name: str, windows: int, min_window_s: float, tag: str) -> str:
+    """DB key of an interleaved measurement (:func:`measure_networks`) of ``net``."""
+    return network_key(net, meter_name, {"windows": windows, "min_window_s": min_window_s, "tag": tag, "interleaved": True})
+
+
 def measure_networks(meter: Meter, nets: Sequence[Network], db: ProfileDB | None = None, *, windows: int = 9,
                      min_window_s: float = 0.02, warmup: int = 2, tag: str = "", clock: str = "meter",
                      compiled: dict | None = None) -> list[Measurement]:
@@ -500,20 +505,17 @@ def measure_networks(meter: Meter, nets: Sequence[Network], db: ProfileDB | None
 
     if meter.simulate is not None:
         return [measure_network(meter, n, db, tag=tag) for n in nets]
-    settings = {"windows": windows, "min_window_s": min_window_s, "tag": tag, "interleaved": True}
-    keys = [network_key(n, meter.name, settings) for n in nets]
+    keys = [_interleaved_key(n, meter.name, windows, min_window_s, tag) for n in nets]
     todo = [i for i, k in enumerate(keys) if db is None or k not in db]
     fresh = {}
     if todo:
-        if compiled is None:
-            built = [make_train_step(nets[i]) for i in todo]
-        else:
-            built = []
-            for i in todo:
-                ck = network_key(nets[i], "compiled")
-                if ck not in compiled:
-                    compiled[ck] = make_train_step(nets[i])
-                built.append(compiled[ck])
+        cache = {} if compiled is None else compiled
+        built = []
+        for i in todo:
+            ck = network_key(nets[i], "compiled")
+            if ck not in cache:
+                cache[ck] = make_train_step(nets[i])
+            built.append(cache[ck])
         steps = [(lambda s, st=st, x=x, y=y: st(s[0], x, y)) for st, _, (x, y) in built]
         stats: list = []
         ms = measure_interleaved(meter, steps, [(state, 0.0) for _, state, _ in built], warmup=warmup,
@@ -562,9 +564,7 @@ def pooled_measurements(meter: Meter, nets: Sequence[Network], db: ProfileDB, ta
     for n in nets:
         pooled = []
         for tag in tags:
-            key = network_key(n, meter.name, {"windows": windows, "min_window_s": min_window_s, "tag": tag,
-                                              "interleaved": True})
-            r = db.get(key)
+            r = db.get(_interleaved_key(n, meter.name, windows, min_window_s, tag))
             if r is None or r.get(field) is None:
                 raise KeyError(f"no {field} for tag {tag!r} of network {network_to_json(n)} in {db.path}: "
                                "measure it with measure_networks(..., tag=...) first")
