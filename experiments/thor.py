@@ -257,6 +257,15 @@ _HELDOUT_PROTOCOL = {
           "rounds': the truth is taken over the same span, so the same average machine state, as the profile"}
 
 
+def _round_positions(n_chains: int, rounds: int) -> dict[int, list[int]]:
+    """{chain index: rounds measured just before it}: round r runs before chain int((r + 1/2) n / rounds),
+    so the rounds split the profiling span evenly (several share an index when rounds > chains)."""
+    at: dict[int, list[int]] = {}
+    for r in range(rounds):
+        at.setdefault(int((r + 0.5) * n_chains / rounds), []).append(r)
+    return at
+
+
 def _round_levels(meter, held, db, tags, clock, hk) -> list[float]:
     """Per round, the geometric mean over the held-out models of (round median / all rounds' pooled
     median): the machine's speed drift over the profiling span (1.0 = average)."""
@@ -284,8 +293,7 @@ def study_wall(cfg, wd: Workdir, log):
                          "or >= 2 (rounds spread over the profiling; even rounds measure, odd rounds repeat)")
     tags = ([f"heldout_round{r}" for r in range(0, rounds, 2)], [f"heldout_round{r}" for r in range(1, rounds, 2)])
     compiled: dict = {}
-    # round r runs before chain (r + 1/2) n / rounds: the rounds split the profiling span evenly
-    at = {int((r + 0.5) * len(chains) / rounds): r for r in range(rounds)} if rounds else {}
+    at = _round_positions(len(chains), rounds)
 
     # a ~10 us difference of two ~60 us steps: more windows than a chain's [our choice]
     lk = dict(windows=int(cfg.wall.get("loss_windows", 31)), min_window_s=cfg.wall.min_window_s)
@@ -302,9 +310,9 @@ def study_wall(cfg, wd: Workdir, log):
         if i == 0 and cfg.wall.get("loss_term", False):
             # the classifier-loss term's pairs, windows interleaved, at the start of the profile
             P.measure_networks(meter, loss_nets, db, tag="loss_pairs", **lk)
-        if i in at:
+        for r in at.get(i, ()):
             for g in groups:
-                P.measure_networks(meter, [held[j] for j in g], db, tag=f"heldout_round{at[i]}", compiled=compiled, **hk)
+                P.measure_networks(meter, [held[j] for j in g], db, tag=f"heldout_round{r}", compiled=compiled, **hk)
 
     t0 = time.perf_counter()
     _profile_chains(meter, chains, db, "wall-clock profile", before=heldout_round, **kw)

@@ -391,6 +391,15 @@ def test_alc_over_target_models_reduces_their_variance_most_by_brute_force(sim_s
         T.select_batch_alc(model, pool, range(len(pool)), 1, [])
 
 
+def test_heldout_rounds_are_spread_evenly_and_none_is_lost():
+    from experiments.thor import _round_positions
+
+    assert _round_positions(240, 8) == {15: [0], 45: [1], 75: [2], 105: [3], 135: [4], 165: [5], 195: [6], 225: [7]}
+    # more rounds than chains: rounds share a chain, none is dropped
+    assert _round_positions(3, 4) == {0: [0], 1: [1, 2], 2: [3]}
+    assert _round_positions(5, 0) == {}
+
+
 def test_wall_study_heldout_rounds_spread_over_profiling(tmp_path):
     """heldout_rounds: held-out models measured in rounds between the chains, pooled per parity."""
     from experiments.configs.thor import get_config
