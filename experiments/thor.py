@@ -295,7 +295,7 @@ def study_wall(cfg, wd: Workdir, log):
     compiled: dict = {}
     at = _round_positions(len(chains), rounds)
 
-    # a ~10 us difference of two ~60 us steps: more windows than a chain's [our choice]
+    # a difference of a few us between two ~60 us steps: more windows than a chain's [our choice]
     lk = dict(windows=int(cfg.wall.get("loss_windows", 31)), min_window_s=cfg.wall.min_window_s)
     loss_nets = [n for b in sorted({h.batch for h in held} | set(space.batches)) for n in P.loss_pair(b)]
 
