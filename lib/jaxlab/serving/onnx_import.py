@@ -729,6 +729,17 @@ def _rnn_scan(b, p, X, consts, seq, h0, c0, out_y, out_h, out_c, dims, flops_ste
     # GRU's 3 MiB R over its two threads in a fixed way, so each core's half (1.5 MiB) stays in its own 2 MiB
     # L2. XLA's Eigen pool hands out column blocks dynamically, so the halves move between cores. The
     # LSTM's 4 MiB does not fit in L2 for either runtime.
+    # Also measured 2026-12-06, not adopted: the recurrence as a C++ XLA FFI custom call that splits every
+    # step over two threads (ORT's scheme; bidirectional: one direction per thread), the projection left
+    # to one XLA GEMM and the input bias added in the kernel. Alone in a jit it ran 7-13 us per step at
+    # hidden 256 (16-17 us on one thread) and matched ORT to 2.8e-7; one call plus its GEMM was additive
+    # (hidden 256, T 64: 0.56-0.64 + 0.26-0.32 ms). In `benchmarks.chrion --repeats 20` with the scan as
+    # the baseline column of the same run it lost overall: geometric mean jax/ORT 1.44 against 1.35 for
+    # this scan; hidden-1024 bidirectional models 1.4-1.6x the scan's time (each direction's 16 MiB R on
+    # one core, where XLA splits both over the two); heavy tails from the per-step spin barrier
+    # (h256-l2-uni-T16 median 2.85 ms, minimum 0.72). A private persistent worker thread was worse still
+    # (oversubscribes the two cores next to XLA's pool: h256-l2-uni-T64 8.3 vs 2.9 ms); the kept version
+    # ran its second half as a task on XLA's own pool (ffi::ThreadPool).
     joint = D == 2 and H < _JOINT_SCAN_MAX_HIDDEN and p["acts"][:n_act] == p["acts"][n_act:]
     # The input projection of all T*B rows at once. XLA:CPU's Eigen GEMM runs x[T*B, I] @ W_T[I, G*H]
     # well below ONNX Runtime's prepacked MLAS GEMM at these shapes (measured 2026-12-05, T=16, I=H,
