@@ -739,7 +739,13 @@ def _rnn_scan(b, p, X, consts, seq, h0, c0, out_y, out_h, out_c, dims, flops_ste
     # one core, where XLA splits both over the two); heavy tails from the per-step spin barrier
     # (h256-l2-uni-T16 median 2.85 ms, minimum 0.72). A private persistent worker thread was worse still
     # (oversubscribes the two cores next to XLA's pool: h256-l2-uni-T64 8.3 vs 2.9 ms); the kept version
-    # ran its second half as a task on XLA's own pool (ffi::ThreadPool).
+    # ran its second half as a task on XLA's own pool (ffi::ThreadPool). Within XLA, neither form below
+    # brings the second core in at hidden 256, T 64 (interleaved medians, 2026-12-06): the recurrent product
+    # as two or four independent column-block dots in the scan body runs them one after the other (20.9 /
+    # 21.7 / 24.3 us per step for one / two / four dots, CPU / wall 1.0-1.1, also with
+    # xla_cpu_enable_concurrency_optimized_scheduler); as an elementwise product with R [4H, H] summed over
+    # its minor axis XLA splits the fusion over both cores (CPU / wall 1.8) but at 33-39 us per step
+    # against 18-20 for the dot.
     joint = D == 2 and H < _JOINT_SCAN_MAX_HIDDEN and p["acts"][:n_act] == p["acts"][n_act:]
     # The input projection of all T*B rows at once. XLA:CPU's Eigen GEMM runs x[T*B, I] @ W_T[I, G*H]
     # well below ONNX Runtime's prepacked MLAS GEMM at these shapes (measured 2026-12-05, T=16, I=H,
