@@ -735,10 +735,11 @@ def _rnn_scan(b, p, X, consts, seq, h0, c0, out_y, out_h, out_c, dims, flops_ste
     # hidden 256 (16-17 us on one thread) and matched ORT to 2.8e-7; one call plus its GEMM was additive
     # (hidden 256, T 64: 0.56-0.64 + 0.26-0.32 ms). In `benchmarks.chrion --repeats 20` with the scan as
     # the baseline column of the same run it lost overall: geometric mean jax/ORT 1.44 against 1.35 for
-    # this scan; hidden-1024 bidirectional models 1.4-1.6x the scan's time (each direction's 16 MiB R on
-    # one core, where XLA splits both over the two); heavy tails from the per-step spin barrier
-    # (h256-l2-uni-T16 median 2.85 ms, minimum 0.72). A private persistent worker thread was worse still
-    # (oversubscribes the two cores next to XLA's pool: h256-l2-uni-T64 8.3 vs 2.9 ms); the kept version
+    # this scan; hidden-1024 bidirectional models 1.24-1.57x the scan's time (our reading, not verified
+    # with counters: each direction's 16 MiB R is streamed by one core, where XLA splits each product over
+    # both); heavy tails (h256-l2-uni-T16 median 2.85 ms, minimum 0.72). A private persistent worker
+    # thread was worse still (oversubscribes the two cores next to XLA's pool: h256-l2-uni-T64 8.3 vs
+    # 2.9 ms); the last version
     # ran its second half as a task on XLA's own pool (ffi::ThreadPool). Within XLA, neither form below
     # brings the second core in at hidden 256, T 64 (interleaved medians, 2026-12-06): the recurrent product
     # as two or four independent column-block dots in the scan body runs them one after the other (20.9 /
