@@ -80,6 +80,12 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     # databases (held-out truth unchanged), seeds 0 / 1 / 2: windows with below-median wall/CPU ratio 15.5 / 22.0 /
     # 11.8%, minimum window 17.5 / 27.9 / 14.6%, per-term min of the wall and CPU GPs 17.6 / 20.1 / 13.3%: none better
     # on every seed, not adopted.
+    # Context features, measured 2026-12-06 and not adopted: a fresh draw of this preset (--config.seed=4
+    # --config.sim.enabled=False --config.prune.enabled=False --config.wall.al_max=0, 538 s) gave THOR 14.75% (CNN
+    # 15.4, MLP 14.1), FLOPs 76.6%, NeuralPower 40.3%, repeat floor 7.0%; refitted offline on that database with
+    # binary features for the kind of the previous layer (conv / dense / pool / act / bn, per layer kind) THOR
+    # gave 18.1%, for the kind of the next layer (or the readout) 14.2%, both 17.3%. Its largest errors were a
+    # batch-8 128-input MLP (50 us measured, 42 us on repeat, 25 us predicted) and a 17.5 ms CNN predicted 0.63x.
     c.wall = ml_collections.ConfigDict()
     c.wall.enabled = True
     c.wall.pool_chains = 240  # ~4-6 min of profiling; idle runs: 40 chains 24% (before the max/pos features), 120: 18%, 240: 12% (17% on a fresh re-measurement), 480: 15%
