@@ -746,7 +746,9 @@ def _rnn_scan(b, p, X, consts, seq, h0, c0, out_y, out_h, out_c, dims, flops_ste
     # 21.7 / 24.3 us per step for one / two / four dots, CPU / wall 1.0-1.1, also with
     # xla_cpu_enable_concurrency_optimized_scheduler); as an elementwise product with R [4H, H] summed over
     # its minor axis XLA splits the fusion over both cores (CPU / wall 1.8) but at 33-39 us per step
-    # against 18-20 for the dot.
+    # against 18-20 for the dot; summed over the major axis of R [H, 4H] instead (h as a column, the output's
+    # 4H kept minor) it is split too (CPU / wall 1.76) and took 24.6 us per step against 16.3 for the dot, and
+    # 48.5 as a two-level sum over 8 row blocks (2026-12-06, same setting, parity 1.9e-7).
     joint = D == 2 and H < _JOINT_SCAN_MAX_HIDDEN and p["acts"][:n_act] == p["acts"][n_act:]
     # The input projection of all T*B rows at once. XLA:CPU's Eigen GEMM runs x[T*B, I] @ W_T[I, G*H]
     # well below ONNX Runtime's prepacked MLAS GEMM at these shapes (measured 2026-12-05, T=16, I=H,
