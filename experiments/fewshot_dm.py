@@ -247,6 +247,11 @@ def _run_summary(rows, base_noise, base_res):
         extra[f"{key}_longest_span_evals_above_1.5x_pretrained"] = e15["longest_span_evals"]
         extra[f"{key}_mean_excess_over_pretrained"] = (metrics.excursions(steps[1:], curve[1:], lvl)["mean_excess"]
                                                        if len(steps) > 1 else 0.0)
+    # [our choice] beside the one-evaluation peak and final values: the peak of a 3-evaluation moving
+    # average and the mean fidelity of the last 5 evaluations (see metrics.smoothed_peak / tail_mean)
+    spk, spk_step = metrics.smoothed_peak(steps, noise, 3)
+    extra.update({"noise_peak_smoothed3": spk, "noise_peak_smoothed3_step": spk_step,
+                  "noise_peak_smoothed3_excess": spk - base_noise, "fidelity_final_mean_last5": metrics.tail_mean(fid, 5)})
     return {"noise_start": float(noise[0]), "noise_peak": float(noise[ipk]), "noise_peak_step": int(steps[ipk]),
             "noise_final": float(noise[-1]), "noise_peak_excess": float(noise[ipk] - base_noise),
             "steps_noise_above_1.5x_pretrained": [int(above.min()), int(above.max())] if len(above) else None,
@@ -380,7 +385,11 @@ def run(config, workdir) -> dict:
                 "residual_mean_excess_ratio_bnn_over_plain": _ratio(bs["residual_mean_excess_over_pretrained"],
                                                                     ps["residual_mean_excess_over_pretrained"]),
                 "plain_fidelity_min": ps["fidelity_min"], "bnn_fidelity_min": bs["fidelity_min"],
+                "smoothed3_peak_excess_ratio_bnn_over_plain": _ratio(bs["noise_peak_smoothed3_excess"],
+                                                                     ps["noise_peak_smoothed3_excess"]),
                 "plain_fidelity_final": ps["fidelity_final"], "bnn_fidelity_final": bs["fidelity_final"],
+                "plain_fidelity_final_mean_last5": ps["fidelity_final_mean_last5"],
+                "bnn_fidelity_final_mean_last5": bs["fidelity_final_mean_last5"],
                 "plain_diversity_mean": ps["diversity_mean"], "bnn_diversity_mean": bs["diversity_mean"],
                 "plain_diversity_final": ps["diversity_final"], "bnn_diversity_final": bs["diversity_final"],
                 "plain_mem_final": ps["memorisation_final"], "bnn_mem_final": bs["memorisation_final"],

@@ -151,7 +151,9 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
         # fidelity 0.961 vs 0.975; averaged over the last 5 / 10 evaluations (consecutive evaluations swing by
         # ~0.02) 0.956 vs 0.967 / 0.954 vs 0.960, so the BNN's lower end fidelity is not one evaluation's noise;
         # memorisation 0.00 vs 0.29, diversity 0.379 vs 0.335. On a 3-evaluation moving average the peaks are 0.99
-        # vs 1.28 (excess ratio 0.46).
+        # (step 1140) vs 1.27 (step 180), excess ratio 0.47 (summary.json now reports these as noise_peak_smoothed3*,
+        # fidelity_final_mean_last5 and smoothed3_peak_excess_ratio_bnn_over_plain; recomputed from that run's
+        # metrics.jsonl).
         c = get_config("digits16")
         c.seed = 1
         c.shots = (5,)

@@ -147,6 +147,30 @@ def test_excursions_spans_and_mean_excess():
         metrics.excursions(steps, v[:3], 1.0)
 
 
+def test_smoothed_peak_dilutes_a_spike_and_keeps_a_stage():
+    steps = np.arange(0, 90, 10)
+    spike = np.array([1, 1, 1, 7, 1, 1, 1, 1, 1], np.float64)   # one evaluation at 7
+    stage = np.array([1, 1, 1, 1, 3, 3, 3, 1, 1], np.float64)   # three evaluations at 3
+    assert metrics.smoothed_peak(steps, spike) == (pytest.approx(3.0), 30)   # (1 + 7 + 1) / 3, centred on the spike
+    assert metrics.smoothed_peak(steps, stage) == (pytest.approx(3.0), 50)
+    assert spike.max() > stage.max()                                         # the one-evaluation peak says the opposite
+    assert metrics.smoothed_peak(steps, spike, 1) == (7.0, 30)               # window 1 is the plain peak
+    assert metrics.smoothed_peak(steps[:2], np.array([2.0, 4.0])) == (3.0, 10)  # shorter than the window
+    # against a direct loop on random curves
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        x = rng.standard_normal(int(rng.integers(3, 25)))
+        ma = [x[i - 1:i + 2].mean() for i in range(1, len(x) - 1)]
+        pk, st = metrics.smoothed_peak(np.arange(len(x)) * 5, x)
+        assert pk == pytest.approx(max(ma)) and st == 5 * (int(np.argmax(ma)) + 1)
+    with pytest.raises(ValueError, match="odd"):
+        metrics.smoothed_peak(steps, spike, 2)
+    assert metrics.tail_mean(np.array([0.0, 1, 2, 3, 4, 5, 6]), 5) == pytest.approx(4.0)
+    assert metrics.tail_mean(np.array([0.5, 1.5]), 5) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="non-empty"):
+        metrics.tail_mean(np.array([]), 5)
+
+
 def test_fewshot_dm_micro_run_summary_and_provenance(tmp_path):
     import json
     import os
@@ -175,9 +199,16 @@ def test_fewshot_dm_micro_run_summary_and_provenance(tmp_path):
         assert r["noise_evals_above_1.5x_pretrained"] == int((noise > 1.5 * base_noise).sum())
         assert r["noise_mean_excess_over_pretrained"] == pytest.approx(np.maximum(noise[1:] - base_noise, 0).mean())
         assert r["noise_peak"] == pytest.approx(noise.max())
+        assert r["noise_peak_smoothed3"] == pytest.approx(noise.mean())           # 3 evaluations: one window
+        assert r["noise_peak_smoothed3_excess"] == pytest.approx(noise.mean() - base_noise)
+        assert r["fidelity_final_mean_last5"] == pytest.approx(np.mean([x["fidelity"] for x in rows]))
     cmp = s["comparison"][0]
     p, b = s["runs"]["K2_plain"], s["runs"]["K2_bnn"]
     if p["noise_peak_excess"] > 0:
         assert cmp["peak_excess_ratio_bnn_over_plain"] == pytest.approx(b["noise_peak_excess"] / p["noise_peak_excess"])
+    if p["noise_peak_smoothed3_excess"] > 0:
+        assert cmp["smoothed3_peak_excess_ratio_bnn_over_plain"] == pytest.approx(
+            b["noise_peak_smoothed3_excess"] / p["noise_peak_smoothed3_excess"])
+    assert cmp["bnn_fidelity_final_mean_last5"] == b["fidelity_final_mean_last5"]
     for f in ("curves.png", "samples_K2.png", "summary.json", "comparison.md"):
         assert os.path.isfile(os.path.join(wd, f)), f

@@ -20,7 +20,8 @@ import numpy as np
 import optax
 
 __all__ = ["DigitClassifier", "train_classifier", "classifier_features", "classifier_predict",
-           "high_frequency_ratio", "sample_metrics", "pairwise_rms", "denoiser_noise_level", "excursions"]
+           "high_frequency_ratio", "sample_metrics", "pairwise_rms", "denoiser_noise_level", "excursions",
+           "smoothed_peak", "tail_mean"]
 
 
 class DigitClassifier(nn.Module):
@@ -180,3 +181,34 @@ def excursions(steps: np.ndarray, values: np.ndarray, level: float) -> dict:
     return {"evals_above": int(above.sum()), "fraction_above": float(above.mean()),
             "longest_span": [int(steps[best_start]), int(steps[best_start + best - 1])] if best else None,
             "longest_span_evals": int(best), "mean_excess": float(np.maximum(values - level, 0.0).mean())}
+
+
+def smoothed_peak(steps: np.ndarray, values: np.ndarray, window: int = 3) -> tuple[float, int]:
+    """``(peak, step)`` of the centred moving average of ``window`` consecutive evaluations (odd
+    ``window``; the step is the window's centre). A curve shorter than ``window`` is averaged whole
+    and reported at its middle evaluation.
+
+    [our choice] A peak read from one evaluation is set by whichever evaluation happens to spike
+    (on the 16x16 digits runs consecutive evaluations of the HF noise differ by up to 2x); the
+    moving average keeps a bump that lasts ``window`` evaluations and dilutes a one-evaluation spike
+    by ``window``.
+    """
+    steps, values = np.asarray(steps), np.asarray(values, np.float64)
+    if steps.shape != values.shape or steps.ndim != 1 or len(steps) == 0:
+        raise ValueError(f"steps {steps.shape} and values {values.shape} must be equal-length non-empty 1-D arrays")
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window={window}: use an odd number of evaluations >= 1")
+    if len(values) < window:
+        return float(values.mean()), int(steps[len(steps) // 2])
+    ma = np.convolve(values, np.ones(window) / window, mode="valid")
+    i = int(np.argmax(ma))
+    return float(ma[i]), int(steps[i + window // 2])
+
+
+def tail_mean(values: np.ndarray, k: int = 5) -> float:
+    """Mean of the last ``k`` evaluations (all of them when fewer): an end-of-run value that one
+    evaluation's swing does not set [our choice, reported beside the last evaluation]."""
+    values = np.asarray(values, np.float64)
+    if values.ndim != 1 or len(values) == 0 or k < 1:
+        raise ValueError(f"tail_mean: need a non-empty 1-D curve and k >= 1 (got shape {values.shape}, k={k})")
+    return float(values[-k:].mean())
