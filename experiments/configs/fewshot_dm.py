@@ -154,6 +154,10 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
         # (step 1140) vs 1.27 (step 180), excess ratio 0.47 (summary.json now reports these as noise_peak_smoothed3*,
         # fidelity_final_mean_last5 and smoothed3_peak_excess_ratio_bnn_over_plain; recomputed from that run's
         # metrics.jsonl).
+        # BNN-only reruns on that workdir's pretrained model and plain run (2026-12-06, 161 s each, sigma 0.075 / 0.09):
+        # one-evaluation peak-excess ratio 0.70 / 0.71 (as on 2026-12-03), smoothed ratio 0.56 / 0.57, last-5 fidelity
+        # 0.964 / 0.957 vs plain 0.967; with sigma 0.1 (above) 0.47 and 0.956. So on the smoothed peak too, no sigma
+        # of this sweep halves the peak at unchanged end fidelity.
         c = get_config("digits16")
         c.seed = 1
         c.shots = (5,)
