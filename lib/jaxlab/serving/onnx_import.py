@@ -440,12 +440,28 @@ def _rnn_params(b, node, ins, at):
                 input_forget=int(at.get("input_forget", 0)), lbr=int(at.get("linear_before_reset", 0)))
 
 
+def _rec(h, R):
+    """``h @ R^T`` for recurrent weights in ONNX's own layout: h [B, H] and R [G*H, H] -> [B, G*H],
+    or, both directions at once, h [D, B, H] and R [D, G*H, H] -> [D, B, G*H] (a batched product).
+
+    [our choice, measured 2026-12-06 on this 2-core CPU, B=1, T=64, one LSTM scan, interleaved
+    medians, /work/scratch/layout.py] XLA:CPU runs this form (each gate unit's weights one contiguous
+    row, a dot product over h) faster than ``h @ R_T`` with R_T [H, G*H] pre-transposed at import,
+    the form used before: 11.6-12.0 vs 13.0-13.3 us per step at hidden 256, 28.5 vs 33.5 at 512,
+    131 vs 188 at 1024; parity 1.5e-7."""
+    lax = _jax().lax
+    if R.ndim == 3:
+        return lax.dot_general(h, R, (((2,), (2,)), ((0,), (0,))))
+    return lax.dot_general(h, R, (((h.ndim - 1,), (1,)), ((), ())))
+
+
 def _cell_math(p, d):
-    """Returns step(xw, h, c, R_T, bR, P) -> (h, c) for direction d, where xw = x @ W_T + bias part.
+    """Returns step(xw, h, c, R, bR, P) -> (h, c) for direction d, where xw = x @ W_T + bias part
+    and R is the recurrent weight in ONNX's [G*H, H] layout (see :func:`_rec`).
 
     Gate slices index the last axis, so the same step also runs both directions of a
-    bidirectional layer at once: h, c [D, B, H], R_T [D, H, G*H], bR and P [D, 1, .] (``h @ R_T``
-    is then a batched matmul).
+    bidirectional layer at once: h, c [D, B, H], R [D, G*H, H], bR and P [D, 1, .] (the
+    recurrent product is then a batched matmul).
     """
     kind, H = p["kind"], p["H"]
     acts = [_ACT[a] for a in p["acts"][d * len(_DEFAULT_ACTS[kind]):(d + 1) * len(_DEFAULT_ACTS[kind])]]
@@ -456,8 +472,8 @@ def _cell_math(p, d):
     if kind == "LSTM":
         f_act, g_act, h_act = acts
 
-        def step(xw, h, c, R_T, bR, Pd):
-            g = xw + h @ R_T + bR
+        def step(xw, h, c, R, bR, Pd):
+            g = xw + _rec(h, R) + bR
             if Pd is None and not input_forget:
                 # i, o, f are contiguous in ONNX's iofc order: one activation over the block
                 # (fewer XLA kernels per step; same values).
@@ -478,27 +494,27 @@ def _cell_math(p, d):
     elif kind == "GRU":
         f_act, g_act = acts
 
-        def step(xw, h, c, R_T, bR, Pd):
+        def step(xw, h, c, R, bR, Pd):
             if lbr:
-                gh = h @ R_T + bR
+                gh = _rec(h, R) + bR
                 z = f_act(cl(xw[..., :H] + gh[..., :H]))
                 r = f_act(cl(xw[..., H:2 * H] + gh[..., H:2 * H]))
                 hh = g_act(cl(xw[..., 2 * H:] + r * gh[..., 2 * H:]))
             else:
-                # R_T may come pre-split as (R_zr, R_h) (the scan path): a column slice of R_T inside
-                # a lax.scan body is copied on every step by XLA:CPU (measured 2026-12-05, T=32, B=1:
-                # 2.32 vs 0.45 ms at hidden 256, 10.2 vs 4.5 ms at hidden 512).
-                R_zr, R_h = R_T if isinstance(R_T, tuple) else (R_T[..., :2 * H], R_T[..., 2 * H:])
-                gzr = h @ R_zr + bR[..., :2 * H]
+                # R may come pre-split as (R_zr, R_h) (the scan path): a slice of the weights inside
+                # a lax.scan body is copied on every step by XLA:CPU (measured 2026-12-05, T=32, B=1,
+                # then on the transposed layout: 2.32 vs 0.45 ms at hidden 256, 10.2 vs 4.5 ms at 512).
+                R_zr, R_h = R if isinstance(R, tuple) else (R[..., :2 * H, :], R[..., 2 * H:, :])
+                gzr = _rec(h, R_zr) + bR[..., :2 * H]
                 z = f_act(cl(xw[..., :H] + gzr[..., :H]))
                 r = f_act(cl(xw[..., H:2 * H] + gzr[..., H:]))
-                hh = g_act(cl(xw[..., 2 * H:] + (r * h) @ R_h + bR[..., 2 * H:]))
+                hh = g_act(cl(xw[..., 2 * H:] + _rec(r * h, R_h) + bR[..., 2 * H:]))
             return (1.0 - z) * hh + z * h, c
     else:
         (f_act,) = acts
 
-        def step(xw, h, c, R_T, bR, Pd):
-            return f_act(cl(xw + h @ R_T + bR)), c
+        def step(xw, h, c, R, bR, Pd):
+            return f_act(cl(xw + _rec(h, R) + bR)), c
     return step
 
 
@@ -508,13 +524,14 @@ def _rnn_node(b, node, ins, outs, at):
     T, B, I = b.shape(X)
     kind, D, H, G = p["kind"], p["D"], p["H"], p["G"]
     base = node.name or outs[0]
-    # Weights per direction, pre-transposed once at import: x @ W_T is what both paths compute.
+    # Weights per direction: W pre-transposed once at import (x @ W_T is what both paths compute),
+    # R kept in ONNX's [G*H, H] layout (see _rec).
     # LSTM/RNN: both biases are summed into the input projection; GRU keeps Rb separate because
     # of the reset gate.
     consts = []
     for d in range(D):
         Wt = b.const(f"{base}/W_T{d}", p["W"][d].T.copy())
-        Rt = b.const(f"{base}/R_T{d}", p["R"][d].T.copy())
+        Rt = b.const(f"{base}/R{d}", np.ascontiguousarray(p["R"][d]))
         Wb, Rb = p["B"][d, :G * H], p["B"][d, G * H:]
         if kind == "GRU":
             bW, bR = b.const(f"{base}/bW{d}", Wb), b.const(f"{base}/bR{d}", Rb)
@@ -703,7 +720,7 @@ def _rnn_scan(b, p, X, consts, seq, h0, c0, out_y, out_h, out_c, dims, flops_ste
     steps = [_cell_math(p, d) for d in range(D)]
     n_act = len(_DEFAULT_ACTS[kind])
     # Both directions of a bidirectional layer in ONE lax.scan, the recurrent products as one batched
-    # matmul [2, B, H] x [2, H, G*H], below hidden 512 only [our choice, measured 2026-12-03 at B=1 on this
+    # matmul [2, B, H] x [2, G*H, H]^T, below hidden 512 only [our choice, measured 2026-12-03 at B=1 on this
     # 2-core CPU with benchmarks.chrion, two runs each: hidden 256 0.77-0.93x the time of one scan per
     # direction; hidden 512 1.0-1.3x and hidden 1024 1.25-1.7x, with process CPU / wall about 1.9 either way,
     # so XLA:CPU's batched-matmul kernel, not its threading, is the slower one there]. Slicing a stacked R
@@ -760,14 +777,14 @@ def _rnn_scan(b, p, X, consts, seq, h0, c0, out_y, out_h, out_c, dims, flops_ste
     # _PROJ_WX_MIN_WEIGHTS elements [our choice, measured]. The optimization barrier keeps XLA from
     # folding the transpose back into the dot's output layout, which gives back the slow form.
     proj_wx = I * p["G"] * H >= _PROJ_WX_MIN_WEIGHTS
-    # GRU without linear_before_reset multiplies h and r*h by separate column blocks of R_T: those
+    # GRU without linear_before_reset multiplies h and r*h by separate row blocks of R: those
     # blocks are separate import-time constants (see _cell_math).
     gru_split = kind == "GRU" and not p["lbr"]
     cst = b.constants
 
     def split_r(key, arr):
-        return [key + "zr", key + "h"], [b.const(f"{base}/{key}zr_T", np.ascontiguousarray(arr[..., :2 * H])),
-                                         b.const(f"{base}/{key}h_T", np.ascontiguousarray(arr[..., 2 * H:]))]
+        return [key + "zr", key + "h"], [b.const(f"{base}/{key}zr", np.ascontiguousarray(arr[..., :2 * H, :])),
+                                         b.const(f"{base}/{key}h", np.ascontiguousarray(arr[..., 2 * H:, :]))]
     names = ["x"]
     vals = [X]
     for d in range(D):
@@ -784,7 +801,7 @@ def _rnn_scan(b, p, X, consts, seq, h0, c0, out_y, out_h, out_c, dims, flops_ste
                 names.append(f"P{d}"); vals.append(Pd)
     if joint:
         R2 = np.stack([cst[consts[d][1]] for d in range(2)])
-        rn, rv = split_r("R", R2) if gru_split else (["R"], [b.const(f"{base}/R_T", R2)])
+        rn, rv = split_r("R", R2) if gru_split else (["R"], [b.const(f"{base}/R", R2)])
         names += rn + ["bR"]
         vals += rv + [b.const(f"{base}/bR", np.stack([cst[consts[d][3]] for d in range(2)])[:, None])]
         if consts[0][4] is not None:
