@@ -107,6 +107,23 @@ def test_rnn_attributes_parity_with_onnxruntime(cell, direction, attrs, peephole
     _check(model, inp)
 
 
+@pytest.mark.parametrize("cell,direction,attrs,peepholes,seq", RARE_ATTRS,
+                         ids=lambda v: str(v) if not isinstance(v, dict) else "-".join(f"{k}" for k in v))
+def test_rnn_attributes_parity_at_batch_one(cell, direction, attrs, peepholes, seq):
+    # batch 1 keeps R in ONNX's [G*H, H] layout (onnx_import._rec); the cases above (batch 3) pre-transpose it
+    model, inp = _single_rnn_node(cell, direction, attrs, B=1, peepholes=peepholes, seq=seq)
+    _check(model, inp)
+
+
+@pytest.mark.parametrize("B,name,shape", [(1, "rnn/R0", (24, 6)), (3, "rnn/R_T0", (6, 24))])
+def test_recurrent_weight_layout_follows_the_batch(B, name, shape):
+    model, _ = _single_rnn_node("LSTM", "forward", {}, B=B)
+    for expand in (False, True):
+        consts = import_onnx(model, expand_rnn=expand).constants
+        assert consts[name].shape == shape
+        assert not any(k.startswith("rnn/R") and k != name for k in consts), sorted(consts)
+
+
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 def test_seq2seq_encoder_decoder_parity(cell):
     model = make_seq2seq_model(cell, vocab=11, embed=6, hidden=8, src_len=5, tgt_len=4, batch=2)

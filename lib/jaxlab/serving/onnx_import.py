@@ -440,33 +440,43 @@ def _rnn_params(b, node, ins, at):
                 input_forget=int(at.get("input_forget", 0)), lbr=int(at.get("linear_before_reset", 0)))
 
 
-def _rec(h, R):
-    """``h @ R^T`` for recurrent weights in ONNX's own layout: h [B, H] and R [G*H, H] -> [B, G*H],
-    or, both directions at once, h [D, B, H] and R [D, G*H, H] -> [D, B, G*H] (a batched product).
+def _rec(h, R, rows: bool):
+    """The recurrent product of a step: h [B, H] -> [B, G*H], or, both directions at once,
+    h [D, B, H] -> [D, B, G*H] (a batched product).
 
-    [our choice, measured 2026-12-06 on this 2-core CPU, B=1, T=64, one LSTM scan, interleaved
-    medians, /work/scratch/layout.py] XLA:CPU runs this form (each gate unit's weights one contiguous
-    row, a dot product over h) faster than ``h @ R_T`` with R_T [H, G*H] pre-transposed at import,
-    the form used before: 11.6-12.0 vs 13.0-13.3 us per step at hidden 256, 28.5 vs 33.5 at 512,
-    131 vs 188 at 1024; parity 1.5e-7. At hidden 256 this product is the whole step: in the same scan
+    ``rows=True``: R in ONNX's own layout [G*H, H] (or [D, G*H, H]), the product ``h @ R^T``;
+    ``rows=False``: R pre-transposed at import to R_T [H, G*H] (or [D, H, G*H]), ``h @ R_T``.
+    :func:`_rnn_node` takes ``rows`` for batch 1 only [our choice, measured 2026-12-06 on this 2-core
+    CPU, one LSTM scan, interleaved medians, /work/scratch/layout.py and layoutB.py]. At B=1 (T=64)
+    XLA:CPU runs the rows form (each gate unit's weights one contiguous row, a dot product over h)
+    faster: 11.6-12.0 vs 13.0-13.3 us per step at hidden 256, 28.5 vs 33.5 at 512, 131 vs 188 at 1024;
+    parity 1.5e-7. At B = 2 / 4 / 8 (T=32) it is slower, rows / R_T per step: hidden 256 1.90 / 1.26 /
+    1.03, 512 2.27 / 2.19 / 1.70, 1024 1.04 / 1.53 / 1.33. At hidden 256 this product is the whole step: in the same scan
     an LSTM step took 11.8 us, the product alone 11.4 and an empty step 0.3 (/work/scratch/floor.py),
     i.e. one core reading the 1 MiB R; ONNX Runtime splits it over its two threads, XLA:CPU does not
     at this size (process CPU / wall ~1.0 at hidden 256, ~1.9 from hidden 512)."""
+    if not rows:
+        return h @ R
     lax = _jax().lax
     if R.ndim == 3:
         return lax.dot_general(h, R, (((2,), (2,)), ((0,), (0,))))
     return lax.dot_general(h, R, (((h.ndim - 1,), (1,)), ((), ())))
 
 
+def _split_gru_r(R, H, rows: bool):
+    """(R_zr, R_h): the update/reset gates' block and the candidate's block of a GRU's R."""
+    return (R[..., :2 * H, :], R[..., 2 * H:, :]) if rows else (R[..., :2 * H], R[..., 2 * H:])
+
+
 def _cell_math(p, d):
     """Returns step(xw, h, c, R, bR, P) -> (h, c) for direction d, where xw = x @ W_T + bias part
-    and R is the recurrent weight in ONNX's [G*H, H] layout (see :func:`_rec`).
+    and R is the recurrent weight in the layout ``p["r_rows"]`` chooses (see :func:`_rec`).
 
     Gate slices index the last axis, so the same step also runs both directions of a
-    bidirectional layer at once: h, c [D, B, H], R [D, G*H, H], bR and P [D, 1, .] (the
-    recurrent product is then a batched matmul).
+    bidirectional layer at once: h, c [D, B, H], R [D, G*H, H] (or [D, H, G*H]), bR and P
+    [D, 1, .] (the recurrent product is then a batched matmul).
     """
-    kind, H = p["kind"], p["H"]
+    kind, H, rows = p["kind"], p["H"], p["r_rows"]
     acts = [_ACT[a] for a in p["acts"][d * len(_DEFAULT_ACTS[kind]):(d + 1) * len(_DEFAULT_ACTS[kind])]]
     clip = p["clip"]
     cl = (lambda x: _jnp().clip(x, -clip, clip)) if clip is not None else (lambda x: x)
@@ -476,7 +486,7 @@ def _cell_math(p, d):
         f_act, g_act, h_act = acts
 
         def step(xw, h, c, R, bR, Pd):
-            g = xw + _rec(h, R) + bR
+            g = xw + _rec(h, R, rows) + bR
             if Pd is None and not input_forget:
                 # i, o, f are contiguous in ONNX's iofc order: one activation over the block
                 # (fewer XLA kernels per step; same values).
@@ -499,7 +509,7 @@ def _cell_math(p, d):
 
         def step(xw, h, c, R, bR, Pd):
             if lbr:
-                gh = _rec(h, R) + bR
+                gh = _rec(h, R, rows) + bR
                 z = f_act(cl(xw[..., :H] + gh[..., :H]))
                 r = f_act(cl(xw[..., H:2 * H] + gh[..., H:2 * H]))
                 hh = g_act(cl(xw[..., 2 * H:] + r * gh[..., 2 * H:]))
@@ -507,17 +517,17 @@ def _cell_math(p, d):
                 # R may come pre-split as (R_zr, R_h) (the scan path): a slice of the weights inside
                 # a lax.scan body is copied on every step by XLA:CPU (measured 2026-12-05, T=32, B=1,
                 # then on the transposed layout: 2.32 vs 0.45 ms at hidden 256, 10.2 vs 4.5 ms at 512).
-                R_zr, R_h = R if isinstance(R, tuple) else (R[..., :2 * H, :], R[..., 2 * H:, :])
-                gzr = _rec(h, R_zr) + bR[..., :2 * H]
+                R_zr, R_h = R if isinstance(R, tuple) else _split_gru_r(R, H, rows)
+                gzr = _rec(h, R_zr, rows) + bR[..., :2 * H]
                 z = f_act(cl(xw[..., :H] + gzr[..., :H]))
                 r = f_act(cl(xw[..., H:2 * H] + gzr[..., H:]))
-                hh = g_act(cl(xw[..., 2 * H:] + _rec(r * h, R_h) + bR[..., 2 * H:]))
+                hh = g_act(cl(xw[..., 2 * H:] + _rec(r * h, R_h, rows) + bR[..., 2 * H:]))
             return (1.0 - z) * hh + z * h, c
     else:
         (f_act,) = acts
 
         def step(xw, h, c, R, bR, Pd):
-            return f_act(cl(xw + _rec(h, R) + bR)), c
+            return f_act(cl(xw + _rec(h, R, rows) + bR)), c
     return step
 
 
@@ -527,14 +537,16 @@ def _rnn_node(b, node, ins, outs, at):
     T, B, I = b.shape(X)
     kind, D, H, G = p["kind"], p["D"], p["H"], p["G"]
     base = node.name or outs[0]
-    # Weights per direction: W pre-transposed once at import (x @ W_T is what both paths compute),
-    # R kept in ONNX's [G*H, H] layout (see _rec).
+    # Weights per direction: W pre-transposed once at import (x @ W_T is what both paths compute);
+    # R in ONNX's [G*H, H] layout at batch 1, pre-transposed otherwise (see _rec).
+    p["r_rows"] = B == 1
     # LSTM/RNN: both biases are summed into the input projection; GRU keeps Rb separate because
     # of the reset gate.
     consts = []
     for d in range(D):
         Wt = b.const(f"{base}/W_T{d}", p["W"][d].T.copy())
-        Rt = b.const(f"{base}/R{d}", np.ascontiguousarray(p["R"][d]))
+        Rt = (b.const(f"{base}/R{d}", np.ascontiguousarray(p["R"][d])) if p["r_rows"]
+              else b.const(f"{base}/R_T{d}", p["R"][d].T.copy()))
         Wb, Rb = p["B"][d, :G * H], p["B"][d, G * H:]
         if kind == "GRU":
             bW, bR = b.const(f"{base}/bW{d}", Wb), b.const(f"{base}/bR{d}", Rb)
@@ -780,14 +792,15 @@ def _rnn_scan(b, p, X, consts, seq, h0, c0, out_y, out_h, out_c, dims, flops_ste
     # _PROJ_WX_MIN_WEIGHTS elements [our choice, measured]. The optimization barrier keeps XLA from
     # folding the transpose back into the dot's output layout, which gives back the slow form.
     proj_wx = I * p["G"] * H >= _PROJ_WX_MIN_WEIGHTS
-    # GRU without linear_before_reset multiplies h and r*h by separate row blocks of R: those
+    # GRU without linear_before_reset multiplies h and r*h by separate blocks of R: those
     # blocks are separate import-time constants (see _cell_math).
     gru_split = kind == "GRU" and not p["lbr"]
     cst = b.constants
 
     def split_r(key, arr):
-        return [key + "zr", key + "h"], [b.const(f"{base}/{key}zr", np.ascontiguousarray(arr[..., :2 * H, :])),
-                                         b.const(f"{base}/{key}h", np.ascontiguousarray(arr[..., 2 * H:, :]))]
+        zr, hh = _split_gru_r(arr, H, p["r_rows"])
+        return [key + "zr", key + "h"], [b.const(f"{base}/{key}zr", np.ascontiguousarray(zr)),
+                                         b.const(f"{base}/{key}h", np.ascontiguousarray(hh))]
     names = ["x"]
     vals = [X]
     for d in range(D):
