@@ -251,7 +251,8 @@ def _run_summary(rows, base_noise, base_res):
     # average and the mean fidelity of the last 5 evaluations (see metrics.smoothed_peak / tail_mean)
     spk, spk_step = metrics.smoothed_peak(steps, noise, 3)
     extra.update({"noise_peak_smoothed3": spk, "noise_peak_smoothed3_step": spk_step,
-                  "noise_peak_smoothed3_excess": spk - base_noise, "fidelity_final_mean_last5": metrics.tail_mean(fid, 5)})
+                  "noise_peak_smoothed3_excess": spk - base_noise,
+                  "fidelity_final_mean_last5": metrics.tail_mean(fid, 5)})
     return {"noise_start": float(noise[0]), "noise_peak": float(noise[ipk]), "noise_peak_step": int(steps[ipk]),
             "noise_final": float(noise[-1]), "noise_peak_excess": float(noise[ipk] - base_noise),
             "steps_noise_above_1.5x_pretrained": [int(above.min()), int(above.max())] if len(above) else None,

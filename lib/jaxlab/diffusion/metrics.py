@@ -152,6 +152,14 @@ def sample_metrics(samples: np.ndarray, train_images: np.ndarray, clf_params: An
             "diversity": diversity, "nn_rms": float(nn_d.mean()), "noise_vs_nn": noise_vs_nn}
 
 
+def _curve(steps, values) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, values)`` as arrays (values float64), checked to be one evaluated curve."""
+    steps, values = np.asarray(steps), np.asarray(values, np.float64)
+    if steps.shape != values.shape or steps.ndim != 1 or len(steps) == 0:
+        raise ValueError(f"steps {steps.shape} and values {values.shape} must be equal-length non-empty 1-D arrays")
+    return steps, values
+
+
 def excursions(steps: np.ndarray, values: np.ndarray, level: float) -> dict:
     """How a curve sits above ``level``: isolated spikes and a sustained stage read differently.
 
@@ -165,9 +173,7 @@ def excursions(steps: np.ndarray, values: np.ndarray, level: float) -> dict:
     mean_excess          mean over evaluations of ``max(value - level, 0)`` (area above ``level``
                          per evaluation; unlike the peak, one spike does not dominate it)
     """
-    steps, values = np.asarray(steps), np.asarray(values, np.float64)
-    if steps.shape != values.shape or steps.ndim != 1 or len(steps) == 0:
-        raise ValueError(f"steps {steps.shape} and values {values.shape} must be equal-length non-empty 1-D arrays")
+    steps, values = _curve(steps, values)
     above = values > level
     best, best_start, run_start = 0, None, None
     for i, a in enumerate(above):
@@ -193,9 +199,7 @@ def smoothed_peak(steps: np.ndarray, values: np.ndarray, window: int = 3) -> tup
     moving average keeps a bump that lasts ``window`` evaluations and dilutes a one-evaluation spike
     by ``window``.
     """
-    steps, values = np.asarray(steps), np.asarray(values, np.float64)
-    if steps.shape != values.shape or steps.ndim != 1 or len(steps) == 0:
-        raise ValueError(f"steps {steps.shape} and values {values.shape} must be equal-length non-empty 1-D arrays")
+    steps, values = _curve(steps, values)
     if window < 1 or window % 2 == 0:
         raise ValueError(f"window={window}: use an odd number of evaluations >= 1")
     if len(values) < window:

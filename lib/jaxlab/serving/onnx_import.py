@@ -451,10 +451,12 @@ def _rec(h, R, rows: bool):
     XLA:CPU runs the rows form (each gate unit's weights one contiguous row, a dot product over h)
     faster: 11.6-12.0 vs 13.0-13.3 us per step at hidden 256, 28.5 vs 33.5 at 512, 131 vs 188 at 1024;
     parity 1.5e-7. At B = 2 / 4 / 8 (T=32) it is slower, rows / R_T per step: hidden 256 1.90 / 1.26 /
-    1.03, 512 2.27 / 2.19 / 1.70, 1024 1.04 / 1.53 / 1.33. At hidden 256 this product is the whole step: in the same scan
-    an LSTM step took 11.8 us, the product alone 11.4 and an empty step 0.3 (/work/scratch/floor.py),
-    i.e. one core reading the 1 MiB R; ONNX Runtime splits it over its two threads, XLA:CPU does not
-    at this size (process CPU / wall ~1.0 at hidden 256, ~1.9 from hidden 512)."""
+    1.03, 512 2.27 / 2.19 / 1.70, 1024 1.04 / 1.53 / 1.33.
+
+    At hidden 256 this product is the whole step: in the same scan an LSTM step took 11.8 us, the
+    product alone 11.4 and an empty step 0.3 (/work/scratch/floor.py), i.e. one core reading the
+    1 MiB R; ONNX Runtime splits it over its two threads, XLA:CPU does not at this size (process
+    CPU / wall ~1.0 at hidden 256, ~1.9 from hidden 512)."""
     if not rows:
         return h @ R
     lax = _jax().lax
