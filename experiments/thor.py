@@ -173,20 +173,48 @@ def study_sim(cfg, wd: Workdir, log) -> dict:
     return out
 
 
+AL_POOL_SOURCES = ("design", "models")
+
+
+def _al_pool(cfg, space):
+    """The separate active-learning pool of ``cfg.sim`` and its held-out models: ``(chains, held)``.
+
+    Stream ``cfg.seed + 1000 + al_stream`` draws ``al_pool_chains`` design chains
+    (:func:`thor.sample_chain`) and then the held-out models. ``al_pool_source='models'`` [our choice]
+    replaces the candidates by windows of fresh CNN/MLP draws (:func:`thor.sample_model_chain`, stream
+    ``cfg.seed + 3000 + al_stream``), so the chains AL and random sampling choose from have the shapes,
+    neighbours and batches of the families THOR is scored on; the held-out models stay the same."""
+    sc = cfg.sim
+    src = sc.get("al_pool_source", "design")
+    if src not in AL_POOL_SOURCES:
+        raise ValueError(f"sim.al_pool_source={src!r}: use one of {AL_POOL_SOURCES}")
+    if sc.al_pool_chains < 1:
+        raise ValueError(f"sim.al_pool_chains={sc.al_pool_chains}: the separate AL pool needs >= 1 chain")
+    rng = np.random.default_rng(cfg.seed + 1000 + sc.al_stream)
+    chains = [T.sample_chain(rng, space) for _ in range(sc.al_pool_chains)]
+    held, _ = _heldout(rng, sc.heldout, space)
+    if src == "models":
+        mrng = np.random.default_rng(cfg.seed + 3000 + sc.al_stream)
+        chains = [T.sample_model_chain(mrng, space) for _ in range(sc.al_pool_chains)]
+    return chains, held
+
+
 def _sim_al(cfg, space, meter, dev, chains, costs, held, truth) -> dict:
     """Active learning vs random sampling on the simulated device (gamma 0).
 
     With ``cfg.sim.al_pool_chains > 0`` [our choice] the candidate pool is its own, larger draw
-    from the design space (``al_pool_chains`` chains, stream ``cfg.seed + 1000 + al_stream``), with
-    its own held-out models from the same stream: with the study's 80-chain pool and a 60-chain
-    budget, random sampling ends with 3/4 of the pool, so neither strategy has much to choose.
-    Both strategies draw from the same pool. ``al_stream`` lets settings be chosen on one draw
-    (pool, held-out models, seeds) and confirmed on a fresh one."""
+    (:func:`_al_pool`: design chains or windows of model draws, ``al_pool_source``), with its own
+    held-out models from the same stream: with the study's 80-chain pool and a 60-chain budget,
+    random sampling ends with 3/4 of the pool, so neither strategy has much to choose. Both
+    strategies draw from the same pool. ``al_stream`` lets settings be chosen on one draw (pool,
+    held-out models, seeds) and confirmed on a fresh one."""
     sc = cfg.sim
+    src = "study"
+    if sc.get("al_pool_source", "design") != "design" and sc.al_pool_chains < 1:
+        raise ValueError(f"sim.al_pool_source={sc.al_pool_source!r} needs a separate AL pool: set sim.al_pool_chains > 0")
     if sc.al_pool_chains > 0:
-        rng = np.random.default_rng(cfg.seed + 1000 + sc.al_stream)
-        chains = [T.sample_chain(rng, space) for _ in range(sc.al_pool_chains)]
-        held, _ = _heldout(rng, sc.heldout, space)
+        src = sc.get("al_pool_source", "design")
+        chains, held = _al_pool(cfg, space)
         costs = _profile_chains(meter, chains, None, "sim profile AL pool")
         truth = [dev.iteration_cost([p.cost_record() for p in P.place(n)]).joules for n in held]
     targets = None
@@ -197,7 +225,7 @@ def _sim_al(cfg, space, meter, dev, chains, costs, held, truth) -> dict:
     al = _al_curves(sc, chains, _chain_samples(chains, costs),
                     lambda m: T.mape([T.estimate(m, n).total for n in held], truth),
                     cfg.seed + sc.al_seed_offset, sc.al_random_seeds, _fit_kw(cfg), sc.al_acquisition, targets)
-    al.update(pool_chains=len(chains), al_stream=sc.al_stream if sc.al_pool_chains > 0 else None,
+    al.update(pool_chains=len(chains), pool_source=src, al_stream=sc.al_stream if sc.al_pool_chains > 0 else None,
               heldout_models=len(held), al_targets=len(targets) if targets is not None else None)
     return al
 
@@ -495,7 +523,10 @@ def _plots(wd: Workdir, summary: dict) -> None:
             ax.plot(al["n_chains"], al["variance"], "o-", label=f"active (max variance, mean of {al.get('seeds', 1)} seeds)")
             ax.plot(al["n_chains"], al["random_mean"], "s--", label=f"random (mean of {len(al['random_runs'])} seeds)")
             ax.set_xlabel("profiled chains (3-layer configs)"); ax.set_ylabel("held-out MAPE [%]")
-            ax.set_title(f"{st}: active learning"); ax.legend()
+            fr = al.get("al_fraction_of_random_configs")
+            ax.set_title(f"{st}: active learning ({al.get('pool_source', 'study')} pool); chains to reach random's "
+                         f"final: {'not reached' if fr is None else f'{fr:.2f}x'}", fontsize=9)
+            ax.legend()
         fig.tight_layout(); fig.savefig(wd.file("active_learning.png"), dpi=110); plt.close(fig)
     sim = summary.get("sim")
     if sim and len(sim["gamma"]) > 1:
@@ -507,6 +538,10 @@ def _plots(wd: Workdir, summary: dict) -> None:
         ax.set_xlabel("interaction weight gamma (0 = additive)"); ax.set_ylabel("MAPE [%]"); ax.legend()
         ax.set_title("simulated device: where additivity breaks")
         fig.tight_layout(); fig.savefig(wd.file("additivity_gamma.png"), dpi=110); plt.close(fig)
+
+
+def _frac(f) -> str:
+    return "not reached" if f is None or not np.isfinite(f) else f"{f:.2f}"
 
 
 def run(config, workdir) -> dict:
@@ -538,7 +573,15 @@ def run(config, workdir) -> dict:
             rows.append({"study": st, "models": summary[st]["heldout_models"], "THOR MAPE %": summary[st]["mape_thor"],
                          "FLOPs MAPE %": summary[st]["mape_flops"], "NeuralPower MAPE %": summary[st]["mape_neuralpower"],
                          "repeat-measurement MAPE % (floor)": summary[st].get("repeat_measurement_mape", "n/a (analytic)")})
-    wd.write_text("results.md", markdown_table(rows))
+    text = markdown_table(rows)
+    als = [(st, summary[st]["active_learning"]) for st in ("sim", "cpu") if summary.get(st, {}).get("active_learning")]
+    if als:
+        text += "\n\n" + markdown_table([
+            {"study": st, "pool": al.get("pool_source", "study"), "seeds": al["seeds"],
+             "random's final MAPE % (chains)": f"{al['random_final_mape']:.2f} ({al['random_chains']})",
+             "AL chains to reach it / random's, seed-mean curve": _frac(al["al_fraction_of_random_configs"]),
+             "same, per-seed median": _frac(al["fraction_per_seed_median"])} for st, al in als])
+    wd.write_text("results.md", text)
     return wd.write_summary(summary)
 
 

@@ -436,3 +436,28 @@ def test_wall_study_heldout_rounds_spread_over_profiling(tmp_path):
     cfg.wall.heldout_rounds = 1
     with pytest.raises(ValueError, match="heldout_rounds=1"):
         study_wall(cfg, Workdir(tmp_path / "bad"), lambda **kw: None)
+
+
+def test_al_pool_sources_share_the_heldout_models_and_reject_bad_settings():
+    """The 'models' AL pool holds windows of model draws; both sources score on the same held-out models."""
+    from experiments.configs.thor import get_config
+    from experiments.thor import _al_pool, _sim_al
+
+    cfg = get_config("quick")
+    cfg.sim.al_pool_chains, cfg.sim.heldout, cfg.sim.al_stream = 12, 6, 3
+    space = T.DesignSpace()
+    design, held_d = _al_pool(cfg, space)
+    cfg.sim.al_pool_source = "models"
+    models, held_m = _al_pool(cfg, space)
+    assert held_d == held_m and len(models) == 12 and models != design
+    mrng = np.random.default_rng(cfg.seed + 3000 + 3)
+    assert models == [T.sample_model_chain(mrng, space) for _ in range(12)]
+    assert all(c.num_classes is None and len(c.layers) == 3 for c in models)
+    cfg.sim.al_stream = 4
+    assert _al_pool(cfg, space)[1] != held_m  # another stream, other held-out models
+    cfg.sim.al_pool_source = "zoo"
+    with pytest.raises(ValueError, match="al_pool_source"):
+        _al_pool(cfg, space)
+    cfg.sim.al_pool_source, cfg.sim.al_pool_chains = "models", 0
+    with pytest.raises(ValueError, match="al_pool_chains > 0"):
+        _sim_al(cfg, space, None, None, [], [], [], [])
