@@ -319,7 +319,10 @@ def test_chunked_gram_matches_float64_product_with_a_remainder_chunk():
                                rtol=1e-3, atol=1.0)
 
 
-def test_sample_without_replacement_is_distinct_and_uniform():
+@pytest.mark.parametrize("finder", ["table", "sort"])
+def test_sample_without_replacement_is_distinct_and_uniform(finder, monkeypatch):
+    if finder == "sort":  # the repeat finder of large d, forced on a small one
+        monkeypatch.setattr(D, "_dup_table_limit", lambda b: 0)
     f = jax.jit(lambda k: D.sample_without_replacement(k, 20, 15))  # many collisions to redraw
     draws = np.stack([np.asarray(f(k)) for k in jax.random.split(jax.random.PRNGKey(0), 400)])
     assert all(len(set(r.tolist())) == 15 for r in draws)

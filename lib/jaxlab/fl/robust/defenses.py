@@ -728,6 +728,11 @@ def dnc(updates, weights=None, key=None, *, f: int, niters: int = 5, b: int = 10
     return _guarded("dnc", updates, weights, impl)
 
 
+def _dup_table_limit(b: int) -> int:
+    """Largest ``d`` for which :func:`sample_without_replacement` finds repeats with a ``[d]`` table."""
+    return max(1 << 22, 64 * b)
+
+
 def sample_without_replacement(key, d: int, b: int):
     """``b`` distinct indices drawn uniformly from ``range(d)`` (a uniformly random b-subset, in
     random order), without the O(d log d) permutation of ``jax.random.choice(replace=False)``
@@ -736,11 +741,19 @@ def sample_without_replacement(key, d: int, b: int):
     Draw ``b`` indices with replacement, then redraw, round after round, every position that
     repeats an earlier one. The procedure treats all ``d`` values alike (it is equivariant under
     any relabelling of ``range(d)``), so the final set is uniform over the b-subsets; for
-    ``b << d`` about ``b^2 / 2d`` positions are redrawn, in one or two rounds."""
+    ``b << d`` about ``b^2 / 2d`` positions are redrawn, in one or two rounds.
+
+    Repeats are found with a ``[d]`` table of the last position holding each value (a scatter-max),
+    which keeps the last occurrence, when the table is small (``d <= max(2^22, 64 b)``: 0.5 vs 3.8 ms
+    at d = 1e6, b = 1e4 on this CPU), else by a stable sort of the ``b`` values (keeps the first)."""
     if not 0 < b <= d:
         raise ValueError(f"sample_without_replacement: need 0 < b={b} <= d={d}")
+    pos = jnp.arange(b, dtype=jnp.int32)
 
     def dup_mask(idx):
+        if d <= _dup_table_limit(b):
+            last = jnp.full((d,), -1, jnp.int32).at[idx].max(pos)
+            return last[idx] != pos
         order = jnp.argsort(idx, stable=True)
         srt = idx[order]
         dup_sorted = jnp.concatenate([jnp.zeros((1,), bool), srt[1:] == srt[:-1]])
