@@ -209,14 +209,15 @@ def _sim_al(cfg, space, meter, dev, chains, costs, held, truth) -> dict:
     strategies draw from the same pool. ``al_stream`` lets settings be chosen on one draw (pool,
     held-out models, seeds) and confirmed on a fresh one."""
     sc = cfg.sim
-    src = "study"
-    if sc.get("al_pool_source", "design") != "design" and sc.al_pool_chains < 1:
-        raise ValueError(f"sim.al_pool_source={sc.al_pool_source!r} needs a separate AL pool: set sim.al_pool_chains > 0")
+    src = sc.get("al_pool_source", "design")
     if sc.al_pool_chains > 0:
-        src = sc.get("al_pool_source", "design")
         chains, held = _al_pool(cfg, space)
         costs = _profile_chains(meter, chains, None, "sim profile AL pool")
         truth = [dev.iteration_cost([p.cost_record() for p in P.place(n)]).joules for n in held]
+    elif src != "design":
+        raise ValueError(f"sim.al_pool_source={src!r} needs a separate AL pool: set sim.al_pool_chains > 0")
+    else:
+        src = "study"
     targets = None
     if sc.al_acquisition == "alc_models":
         # the models whose variance ALC reduces: a fresh draw of the held-out families from their
@@ -523,9 +524,8 @@ def _plots(wd: Workdir, summary: dict) -> None:
             ax.plot(al["n_chains"], al["variance"], "o-", label=f"active (max variance, mean of {al.get('seeds', 1)} seeds)")
             ax.plot(al["n_chains"], al["random_mean"], "s--", label=f"random (mean of {len(al['random_runs'])} seeds)")
             ax.set_xlabel("profiled chains (3-layer configs)"); ax.set_ylabel("held-out MAPE [%]")
-            fr = al.get("al_fraction_of_random_configs")
-            ax.set_title(f"{st}: active learning ({al.get('pool_source', 'study')} pool); chains to reach random's "
-                         f"final: {'not reached' if fr is None else f'{fr:.2f}x'}", fontsize=9)
+            ax.set_title(f"{st}: active learning ({al.get('pool_source', 'study')} pool); AL's chains to reach "
+                         f"random's final / random's: {_frac(al.get('al_fraction_of_random_configs'))}", fontsize=9)
             ax.legend()
         fig.tight_layout(); fig.savefig(wd.file("active_learning.png"), dpi=110); plt.close(fig)
     sim = summary.get("sim")
