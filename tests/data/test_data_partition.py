@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from jaxlab.data import load_digits, load_pfllib_dir, make_federated, partition, class_histogram, load_dataset
-from jaxlab.data.partition import train_test_split_clients
+from jaxlab.data.partition import least_samples, train_test_split_clients
 
 
 def _labels(n, c, seed):
@@ -16,7 +16,15 @@ def _labels(n, c, seed):
 def test_every_sample_lands_in_exactly_one_client(n, c, clients, scheme, seed):
     y = _labels(n, c, seed)
     k = min(c, max(2, -(-c // clients)))  # exdir needs clients * k >= c (else a clear ValueError)
-    parts = partition(y, clients, scheme, alpha=0.5, class_per_client=k, seed=seed, num_classes=c)
+    try:
+        parts = partition(y, clients, scheme, alpha=0.5, class_per_client=k, seed=seed, num_classes=c)
+    except ValueError as e:
+        # the unbalanced iid/pat split refuses a class whose share per client is below the floor of
+        # least_samples / classes (PFLlib would fail in randint); the refusal must be justified
+        assert scheme in ("iid", "pat") and "too few for an unbalanced split" in str(e), e
+        least = least_samples(n, clients, 10, 0.75)
+        assert min(np.bincount(y, minlength=c)) // clients <= int(least / c), e
+        return
     allidx = np.concatenate(parts)
     assert len(parts) == clients
     if scheme in ("iid", "dir"):
