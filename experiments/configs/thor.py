@@ -159,7 +159,8 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
         # 0.5 (0.4) vs 0.8 (0.5). Final MAPE AL / random, models pool: 1.68 / 3.10, 1.10 / 2.47, 1.74 / 4.36%.
         # Also tried on stream 0 with the models pool, not adopted: acquisition 'alc_models' / 'alc' / 'layers'
         # (AL never reached random's final on the seed-mean curve), pools of 150 / 600 chains (0.5 / 0.6), a
-        # third / half of each batch drawn at random (0.6 / 0.6); three restarts of every GP fit changed the
+        # third / half of each batch drawn at random (0.6 / 0.6), 12 initial chains instead of 6 (0.5, per seed
+        # 0.4 / 0.5 / 0.4 vs 0.5 / 0.4 / 0.5: no clear gain on the selection draw); three restarts of every GP fit changed the
         # curve's spikes by < 0.4 points (the spikes are the likelihood's own optimum, not a failed fit).
         c.sim.al_pool_source = "models"
     else:
