@@ -35,8 +35,11 @@ def test_mask_logits_move_at_most_lr_times_clip_per_epoch(lr, epochs, seed):
     m1, _ = train_masks(cands, loss, lr=lr, epochs=1)
     g = np.asarray(jax.grad(lambda m: loss((jax.nn.sigmoid(m) * cands).sum(0) / jax.nn.sigmoid(m).sum(0)))(
         jnp.ones_like(cands)), np.float64)
-    assert (np.abs(g) > 1e-7).mean() > 0.5
-    np.testing.assert_allclose(np.abs(np.asarray(m1) - 1.0), lr * np.minimum(np.abs(g), 1e-7), rtol=1e-3)
+    step = np.abs(np.asarray(m1, np.float64) - 1.0)
+    big, small = np.abs(g) > 1.5e-7, np.abs(g) < 0.5e-7  # clear of the clip, where summation order cannot matter
+    assert big.mean() > 0.5 and (step <= lr * 1e-7 * (1 + 1e-4)).all()
+    np.testing.assert_allclose(step[big], lr * 1e-7, rtol=1e-4)
+    np.testing.assert_allclose(step[small], lr * np.abs(g[small]), rtol=0.05, atol=lr * 5e-9)
     if budget < 1.0:
         assert (m > 0).all()
 
