@@ -517,7 +517,7 @@ def _plots(wd: Workdir, summary: dict) -> None:
     ax.set_xticks(np.arange(len(rows)), [f"{st}/{f}" for st, f, _ in rows])
     ax.set_ylabel("MAPE [%]"); ax.set_yscale("log"); ax.legend(); ax.set_title("MAPE per model family")
     fig.tight_layout(); fig.savefig(wd.file("mape_per_family.png"), dpi=110); plt.close(fig)
-    als = [(st, summary[st]["active_learning"]) for st in ("sim", "cpu") if summary.get(st, {}).get("active_learning")]
+    als = _al_studies(summary)
     if als:
         fig, axes = plt.subplots(1, len(als), figsize=(6 * len(als), 4), squeeze=False)
         for ax, (st, al) in zip(axes[0], als):
@@ -538,6 +538,11 @@ def _plots(wd: Workdir, summary: dict) -> None:
         ax.set_xlabel("interaction weight gamma (0 = additive)"); ax.set_ylabel("MAPE [%]"); ax.legend()
         ax.set_title("simulated device: where additivity breaks")
         fig.tight_layout(); fig.savefig(wd.file("additivity_gamma.png"), dpi=110); plt.close(fig)
+
+
+def _al_studies(summary: dict) -> list:
+    """``[(study, active-learning record)]`` of the studies that ran one."""
+    return [(st, summary[st]["active_learning"]) for st in ("sim", "cpu") if summary.get(st, {}).get("active_learning")]
 
 
 def _frac(f) -> str:
@@ -574,7 +579,7 @@ def run(config, workdir) -> dict:
                          "FLOPs MAPE %": summary[st]["mape_flops"], "NeuralPower MAPE %": summary[st]["mape_neuralpower"],
                          "repeat-measurement MAPE % (floor)": summary[st].get("repeat_measurement_mape", "n/a (analytic)")})
     text = markdown_table(rows)
-    als = [(st, summary[st]["active_learning"]) for st in ("sim", "cpu") if summary.get(st, {}).get("active_learning")]
+    als = _al_studies(summary)
     if als:
         text += "\n\n" + markdown_table([
             {"study": st, "pool": al.get("pool_source", "study"), "seeds": al["seeds"],
