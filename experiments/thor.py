@@ -100,7 +100,8 @@ def _heldout(rng, n, space):
 def _fit_kw(cfg) -> dict:
     """GP fitting options of every THOR fit in the study (``gp_hyper_prior_sd`` 0: type-II ML)."""
     sd = float(cfg.get("gp_hyper_prior_sd", 0.0))
-    return {"steps": cfg.gp_steps, "floor_frac": cfg.floor_frac, "hyper_prior_sd": sd if sd > 0 else None}
+    return {"steps": cfg.gp_steps, "floor_frac": cfg.floor_frac, "hyper_prior_sd": sd if sd > 0 else None,
+            "meter_noise_floor": bool(cfg.get("gp_meter_noise_floor", True))}
 
 
 def _al_curves(cfg_al, chains, samples_by_chain, evaluate, seed, n_seeds, fit_kw, acquisition="log", targets=None):

@@ -461,3 +461,38 @@ def test_al_pool_sources_share_the_heldout_models_and_reject_bad_settings():
     cfg.sim.al_pool_source, cfg.sim.al_pool_chains = "models", 0
     with pytest.raises(ValueError, match="al_pool_chains > 0"):
         _sim_al(cfg, space, None, None, [], [], [], [])
+
+
+def test_meter_noise_floor_keeps_a_sparsely_profiled_kind_honest(sim_setup):
+    """Simulated device (relative noise 0.02), all conv-free chains plus two chains with a conv (3 conv layers).
+    Fitted per kind down to the clip, the conv GP's relative noise r collapses and its predictive sd
+    on held-out conv layers is far below its error; with the meter floor (fit_thor's default) every
+    kind's r >= the 'fixed' GP's noise, which recovers the meter's 0.02, and the conv errors are
+    within a few predictive sds."""
+    chains, held = sim_setup
+    conv = [c for c in chains if any(isinstance(l, P.Conv) for l in c.layers)]
+    rest = [c for c in chains if not any(isinstance(l, P.Conv) for l in c.layers)]
+    assert len(conv) >= 12 and len(rest) >= 10
+    dev = M.DeviceModel(gamma=0.0, noise=0.02)
+    samples = _profile(rest + conv[10:12], dev)  # 3 conv layers; r and the amplitude collapse without the floor
+    floored = T.fit_thor(samples, steps=200)
+    loose = T.fit_thor(samples, steps=200, meter_noise_floor=False)
+    fx = floored.gps["fixed"].params
+    floor = math.sqrt(math.exp(2 * fx["log_noise"]) + math.exp(2 * fx["log_rel"]))
+    assert 0.01 < floor < 0.04
+    for k, g in floored.gps.items():
+        if k != "fixed":
+            assert math.exp(g.params["log_rel"]) >= floor * (1 - 1e-6), k
+    assert math.exp(loose.gps["conv"].params["log_rel"]) < floor / 10   # the collapse the floor prevents
+
+    def conv_z(model):
+        z = []
+        for n in held:
+            for p in P.place(n):
+                if p.kind == "conv":
+                    mu, var = G.predict_gp(model.gps["conv"], T.feature_vector("conv", p.features)[None])
+                    z.append((math.log(dev.layer_cost(p.cost_record())[0]) - mu[0]) / math.sqrt(var[0]))
+        return float(np.sqrt(np.mean(np.square(z))))
+
+    z_floored, z_loose = conv_z(floored), conv_z(loose)
+    assert z_floored < 5 and z_loose > 3 * z_floored

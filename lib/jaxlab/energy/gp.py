@@ -125,7 +125,7 @@ def _fit_fn(steps: int, lr: float):
     opt = optax.adam(lr)
 
     @jax.jit
-    def fit(free, fixed, X, z, diag, n, prior_mu, prior_prec):
+    def fit(free, fixed, X, z, diag, n, prior_mu, prior_prec, log_rel_min):
         def nll(p):
             # MAP when prior_prec > 0: independent normal priors on every log hyperparameter
             # (prior_prec = 1 / sd^2; 0 gives the plain marginal likelihood)
@@ -141,7 +141,7 @@ def _fit_fn(steps: int, lr: float):
             p = dict(p, log_noise=jnp.clip(p["log_noise"], jnp.log(1e-3), jnp.log(1.0)),
                      log_ls=jnp.clip(p["log_ls"], jnp.log(0.1), jnp.log(50.0)),
                      log_amp=jnp.clip(p["log_amp"], jnp.log(1e-3), jnp.log(3.0)),
-                     log_rel=jnp.clip(p["log_rel"], jnp.log(1e-4), jnp.log(1.0)))
+                     log_rel=jnp.clip(p["log_rel"], log_rel_min, jnp.log(1.0)))
             return (p, s), loss
 
         (p, _), losses = jax.lax.scan(body, (free, opt.init(free)), None, length=steps)
@@ -158,7 +158,7 @@ def _pad_size(n: int) -> int:
 def fit_gp(kind: str, features: np.ndarray, costs: np.ndarray, *, context: np.ndarray | None = None,
            mean_cols: Sequence[int] | None = None, steps: int = 300, lr: float = 0.05,
            slope_prior: float | None = None, slope_sd: float = 0.5, offset_sd: float = 2.0,
-           floor_frac: float = 0.05, hyper_prior_sd: float | None = None) -> LayerGP:
+           floor_frac: float = 0.05, hyper_prior_sd: float | None = None, rel_floor: float = 1e-4) -> LayerGP:
     """Fits one GP. features: [n, D] positive raw features (D <= D_MAX); costs: [n] (joules or seconds).
 
     context: [n] the scale of the measurements each cost was subtracted from (THOR:
@@ -174,7 +174,10 @@ def fit_gp(kind: str, features: np.ndarray, costs: np.ndarray, *, context: np.nd
     maximises the posterior instead (MAP) under independent normal priors of this sd on every log
     hyperparameter (log amplitude, log length scales, log noise, log relative noise), centred at
     their starting values (amplitude 0.3, length scale = the feature's spread >= 1 nat, noise 0.05,
-    relative noise 0.02) [our choice; an option for few-sample fits, e.g. early active learning].
+    relative noise max(0.02, rel_floor)) [our choice; an option for few-sample fits, e.g. early active learning].
+    rel_floor: lower bound of the relative measurement noise ``r`` (default 1e-4, the clip). A kind
+    with few samples, or samples its mean can interpolate, otherwise drives ``r`` to the clip and
+    becomes overconfident; :func:`jaxlab.energy.thor.fit_thor` passes the meter's own noise level.
     """
     import jax.numpy as jnp
 
@@ -192,6 +195,8 @@ def fit_gp(kind: str, features: np.ndarray, costs: np.ndarray, *, context: np.nd
         raise ValueError(f"kind {kind!r}: costs contain NaN/inf")
     if slope_sd <= 0 or offset_sd <= 0:
         raise ValueError(f"slope_sd={slope_sd} and offset_sd={offset_sd} must be > 0")
+    if not (np.isfinite(rel_floor) and 0 < rel_floor <= 1):
+        raise ValueError(f"rel_floor={rel_floor} must be in (0, 1] (a relative noise level in log units)")
     if hyper_prior_sd is not None and not (np.isfinite(hyper_prior_sd) and hyper_prior_sd > 0):
         raise ValueError(f"hyper_prior_sd={hyper_prior_sd} must be a positive number (or None for no prior)")
     pos = c[c > 0]
@@ -226,7 +231,7 @@ def fit_gp(kind: str, features: np.ndarray, costs: np.ndarray, *, context: np.nd
     ls0 = np.ones(D_MAX); ls0[:d] = np.maximum(X.std(0), 1.0)
     fit = _fit_fn(int(steps), float(lr))
     fixed = {"w0": w0, "mean_mask": mask, "log_sw": np.log(slope_sd), "log_sb": np.log(offset_sd), "rsq": rsq}
-    free = {"log_amp": np.log(0.3), "log_ls": np.log(ls0), "log_noise": np.log(0.05), "log_rel": np.log(0.02)}
+    free = {"log_amp": np.log(0.3), "log_ls": np.log(ls0), "log_noise": np.log(0.05), "log_rel": np.log(max(0.02, rel_floor))}
     prior_mu = {k: np.asarray(v, np.float64) for k, v in free.items()}
     prior_prec = 0.0 if hyper_prior_sd is None else 1.0 / float(hyper_prior_sd) ** 2
     for rnd in range(2 if context is not None else 1):
@@ -242,7 +247,8 @@ def fit_gp(kind: str, features: np.ndarray, costs: np.ndarray, *, context: np.nd
         with _x64():
             p, _ = fit({k: jnp.asarray(v) for k, v in free.items()}, {k: jnp.asarray(v) for k, v in fixed.items()},
                        jnp.asarray(Xp), jnp.asarray(zp), jnp.asarray(diag), jnp.asarray(float(n)),
-                       {k: jnp.asarray(v) for k, v in prior_mu.items()}, jnp.asarray(prior_prec))
+                       {k: jnp.asarray(v) for k, v in prior_mu.items()}, jnp.asarray(prior_prec),
+                       jnp.asarray(np.log(max(rel_floor, 1e-4))))
             free = {k: np.asarray(v, np.float64) for k, v in p.items()}
         gp = LayerGP(kind, Xp, zp, diag, x_mu, y_mu, floor, {**free, **{k: np.asarray(v, np.float64) for k, v in fixed.items()}}, n)
     return gp
