@@ -145,3 +145,18 @@ def test_bad_posterior_args(params):
         bnn.mean_field(mask, kl_direction="forward")
     with pytest.raises(ValueError, match="rank"):
         bnn.lora(mask, rank=0)
+
+
+def test_prior_sigma_validation_and_zero_width_prior(params):
+    """A negative prior sigma is refused at construction; a zero one (the default when init_sigma=0)
+    is allowed for the deterministic equality check, but asking for its KL (infinite) names the fix."""
+    mask = bnn.bayesian_mask(params)
+    for make in (bnn.mean_field, lambda m, **k: bnn.lora(m, rank=2, **k)):
+        for bad in (-0.01, float("nan")):
+            with pytest.raises(ValueError, match="prior_sigma"):
+                make(mask, init_sigma=0.01, prior_sigma=bad)
+        with pytest.raises(ValueError, match="init_sigma"):
+            make(mask, init_sigma=-0.01)
+    post = bnn.mean_field(mask, init_sigma=0.0)
+    with pytest.raises(ValueError, match="zero-width prior"):
+        post.kl(post.init(params))

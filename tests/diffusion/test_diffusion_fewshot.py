@@ -212,3 +212,20 @@ def test_fewshot_dm_micro_run_summary_and_provenance(tmp_path):
     assert cmp["bnn_fidelity_final_mean_last5"] == b["fidelity_final_mean_last5"]
     for f in ("curves.png", "samples_K2.png", "summary.json", "comparison.md"):
         assert os.path.isfile(os.path.join(wd, f)), f
+
+
+def test_zero_kl_weight_never_evaluates_the_kl(pretrained):
+    """kl_weight=0 (the authors' released runs) with a zero-width prior (init_sigma=0, whose prior
+    sigma defaults to 0): training stays finite, because the infinite KL is never computed (0 * inf
+    made every parameter NaN at step 1); asking for a nonzero weight names the fix instead."""
+    post = bnn.mean_field(bnn.bayesian_mask(pretrained), init_sigma=0.0, min_sigma=0.0)
+    seen = []
+    kw = dict(steps=3, lr=1e-3, key=jax.random.PRNGKey(6), batch_size=4, posterior=post,
+              callback=lambda s, st, o, p, m: seen.append(dict(m)), callback_every=1)
+    params, state = fewshot.fine_tune(MODEL, SCHED, pretrained, IMGS, LABELS, kl_weight=0.0, **kw)
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves((params, state)))
+    assert len(seen) == 4 and seen[0] == {}  # step 0, then steps 1-3
+    assert all(np.isfinite(m["loss"]) and "kl" not in m for m in seen[1:])
+    assert not _leaves_equal(params, pretrained)
+    with pytest.raises(ValueError, match="zero-width prior"):
+        fewshot.fine_tune(MODEL, SCHED, pretrained, IMGS, LABELS, kl_weight=1e-3, **kw)

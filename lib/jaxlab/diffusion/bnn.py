@@ -123,8 +123,18 @@ def _check(parametrization, direction, init_sigma, prior_sigma):
         raise ValueError(f"parametrization={parametrization!r}: use 'direct' (authors) or 'softplus'")
     if direction not in ("prior_posterior", "posterior_prior"):
         raise ValueError(f"kl_direction={direction!r}: use 'prior_posterior' (authors) or 'posterior_prior' (ELBO)")
-    if init_sigma < 0 or prior_sigma <= 0:
-        raise ValueError(f"init_sigma={init_sigma} must be >= 0 and prior_sigma={prior_sigma} > 0")
+    if not (np.isfinite(init_sigma) and init_sigma >= 0):
+        raise ValueError(f"init_sigma={init_sigma} must be >= 0")
+    if not (np.isfinite(prior_sigma) and prior_sigma >= 0):
+        raise ValueError(f"prior_sigma={prior_sigma} must be > 0 (0 only for a deterministic posterior that is "
+                         "never regularised, e.g. the init_sigma=0 equality check)")
+
+
+def _prior_sigma_for_kl(prior_sigma):
+    if prior_sigma <= 0:
+        raise ValueError(f"prior_sigma={prior_sigma}: the KL to a zero-width prior is infinite; pass prior_sigma > 0 "
+                         "(it defaults to init_sigma), or train with kl_weight=0")
+    return prior_sigma
 
 
 def _sig_fns(parametrization, min_sigma):
@@ -154,7 +164,7 @@ def mean_field(mask: Any, init_sigma: float = 0.01, prior_sigma: float | None = 
     ``init_sigma=0`` makes ``sample`` return ``mu`` exactly.
     """
     prior_sigma = init_sigma if prior_sigma is None else prior_sigma
-    _check(parametrization, kl_direction, init_sigma, prior_sigma if prior_sigma > 0 else 1.0)
+    _check(parametrization, kl_direction, init_sigma, prior_sigma)
     to_raw, to_sigma = _sig_fns(parametrization, min_sigma)
 
     def init(pretrained, key=None):
@@ -177,7 +187,8 @@ def mean_field(mask: Any, init_sigma: float = 0.01, prior_sigma: float | None = 
 
     def kl(state):
         mu_sub = select(state["mu"], mask)
-        terms = jax.tree_util.tree_map(lambda mp, m, r: _kl_sum(mp, prior_sigma, m, to_sigma(r), kl_direction),
+        ps = _prior_sigma_for_kl(prior_sigma)
+        terms = jax.tree_util.tree_map(lambda mp, m, r: _kl_sum(mp, ps, m, to_sigma(r), kl_direction),
                                        state["prior_mu"], mu_sub, state["sigma"])
         return sum(jax.tree_util.tree_leaves(terms), jnp.float32(0.0))
 
@@ -206,7 +217,7 @@ def lora(mask: Any, rank: int = 4, init_sigma: float = 0.01, prior_sigma: float 
     if rank < 1:
         raise ValueError(f"rank={rank}: must be >= 1")
     prior_sigma = init_sigma if prior_sigma is None else prior_sigma
-    _check(parametrization, kl_direction, init_sigma, prior_sigma if prior_sigma > 0 else 1.0)
+    _check(parametrization, kl_direction, init_sigma, prior_sigma)
     to_raw, to_sigma = _sig_fns(parametrization, min_sigma)
 
     def init(pretrained, key):
@@ -237,7 +248,8 @@ def lora(mask: Any, rank: int = 4, init_sigma: float = 0.01, prior_sigma: float 
         return _apply(state, state["up_mu"])
 
     def kl(state):
-        terms = jax.tree_util.tree_map(lambda m, r: _kl_sum(jnp.zeros_like(m), prior_sigma, m, to_sigma(r), kl_direction),
+        ps = _prior_sigma_for_kl(prior_sigma)
+        terms = jax.tree_util.tree_map(lambda m, r: _kl_sum(jnp.zeros_like(m), ps, m, to_sigma(r), kl_direction),
                                        state["up_mu"], state["up_sigma"])
         return sum(jax.tree_util.tree_leaves(terms), jnp.float32(0.0))
 

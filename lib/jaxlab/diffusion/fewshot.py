@@ -161,7 +161,9 @@ def make_fine_tune_step(model: UNet2DModel, schedule: ddpm.Schedule, images: jax
             prior = ddpm.eps_loss(eps_fn, params, schedule, prior_images[pidx], kpl, prior_labels[pidx])
             total = total + prior_weight * prior
             metrics["loss_prior"] = prior
-        if posterior is not None:
+        if posterior is not None and kl_weight != 0:
+            # only when it counts: a weight of 0 (the authors' released runs) must not turn an
+            # infinite KL (prior_sigma 0) into NaN through 0 * inf
             kl_val = posterior.kl(state)
             metrics["kl"] = kl_val
             total = total + kl_weight * kl_val
