@@ -128,10 +128,15 @@ def fang_trim(updates, observed, is_mal, key):
 
 def fang_krum(updates, observed, is_mal, key, *, f_assumed: int | None = None, lam_min: float = 1e-5):
     """Fang et al.'s Krum attack: ``mal = -lam * sign(sum observed)`` sent by every attacker; start
-    from Fang's bound ``lam_0 = min_i sum_{l in G_i} |g_l - g_i| / ((n - 2f - 1) sqrt d)
-    + max_i |g_i| / sqrt d`` (G_i: the ``n - f - 2`` nearest observed rows; |g_i| is the distance of
-    a local model to the current global one) and halve ``lam`` until Krum, run over the attackers'
-    copies plus the observed rows, picks a copy, or ``lam < lam_min``.
+    from the bound ``lam_0 = min_i sum_{l in G_i} |g_l - g_i| / ((n - 2f - 1) sqrt d)
+    + max_i |g_i - g_bar| / sqrt d`` (G_i: the ``n - f - 2`` nearest observed rows; g_bar: the mean
+    of the observed rows), as the spec (robust.md §3) and SkyMask's ``compute_lambda`` write it.
+    Fang '20 measures the second term to the received global model (``max_i |g_i|`` in update
+    space); the two agree when the observed updates have no common component, and ``lam_0`` is only
+    where the halving starts. Then halve ``lam`` until Krum, run over the attackers' copies plus the
+    observed rows, picks a copy, or ``lam < lam_min``. With ``knowledge='own'`` the observed rows
+    are the attackers' own, which the copies replace, so Krum runs over the copies alone and
+    ``lam_0`` is kept (no halving).
 
     Distances for each ``lam`` come from precomputed inner products, so a halving step is O(n^2).
     ``f_assumed`` is Krum's f in the simulation (default: the number of attackers, clipped to
@@ -150,8 +155,11 @@ def fang_krum(updates, observed, is_mal, key, *, f_assumed: int | None = None, l
     k0 = jnp.clip(n - f - 2, 1, n - 1)
     nearest = krum_scores(dist, k0, observed)  # sums of (non-squared) distances to nearest observed
     denom = jnp.maximum(n - 2 * f - 1, 1).astype(g.dtype)
+    obs = observed.astype(g.dtype)
+    g_bar = (obs @ g) / jnp.maximum(obs.sum(), 1.0)
+    spread = jnp.sqrt(jnp.sum((g - g_bar) ** 2, axis=1))
     lam0 = jnp.min(jnp.where(observed, nearest, jnp.inf)) / (denom * jnp.sqrt(d)) + \
-        jnp.max(jnp.where(observed, jnp.sqrt(sq), 0.0)) / jnp.sqrt(d)
+        jnp.max(jnp.where(observed, spread, 0.0)) / jnp.sqrt(d)
     lam0 = jnp.where(jnp.isfinite(lam0), lam0, 1.0)
     valid = observed | is_mal
     fk = jnp.clip(f if f_assumed is None else f_assumed, 0, jnp.maximum((valid.sum() - 3) // 2, 0))
