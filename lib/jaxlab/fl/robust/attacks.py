@@ -113,7 +113,9 @@ def fang_trim(updates, observed, is_mal, key):
     """Fang et al.'s trimmed-mean attack (SkyMask ``trim_attack``): ``s = sign(sum observed)``;
     where ``s_j > 0`` send ``min_j / b`` if ``min_j > 0`` else ``min_j * b``; where ``s_j <= 0``
     send ``max_j * b`` if ``max_j > 0`` else ``max_j / b``; ``b ~ U(1, 2)`` per attacker and
-    coordinate; min/max over the observed rows."""
+    coordinate; min/max over the observed rows. With ``knowledge='own'`` this full-knowledge rule
+    runs over the attackers' own rows [our choice]; Fang's partial-knowledge variant instead draws
+    from mu +/- [3, 4] sigma of those rows, which is not implemented."""
     del is_mal
     big = jnp.finfo(updates.dtype).max
     # leading-axis reductions as row trees / a matrix-vector product (see defenses.reduce_rows)
