@@ -131,6 +131,9 @@ def test_gp_bad_input():
         G.fit_gp("conv", np.array([[1.0], [0.0]]), np.array([1.0, 2.0]))
     with pytest.raises(ValueError, match=">= 2"):
         G.fit_gp("conv", np.array([[1.0]]), np.array([1.0]))
+    for bad in (0.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="rel_floor"):
+            G.fit_gp("conv", np.array([[1.0], [2.0]]), np.array([1.0, 2.0]), rel_floor=bad)
 
 
 @pytest.fixture(scope="module")
