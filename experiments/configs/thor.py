@@ -32,7 +32,9 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     # THOR 8.13 / 8.92% (CNN 9.86 / 11.27, MLP 6.41 / 6.56; FLOPs 92.2%, NeuralPower 30.7%, repeat floor 7.1%);
     # fresh seeds 6 / 7 (same command) 12.15 / 12.34% and 18.20 / 18.17% (FLOPs 72.7 / 80.5%, NeuralPower 36.0 /
     # 81.3%, repeat floor 13.95 / 12.6%: noisy runs, seed 7's largest miss a 7.5 ms CNN predicted 0.41x);
-    # seed 4's database (2026-12-06) 12.81 / 14.75%. So with the floor 8.1 / 12.2 / 18.2% on three fresh draws. Simulated device, this preset with --config.wall.enabled=False
+    # fresh seed 8 11.78 / 11.34% (FLOPs 82.4%, NeuralPower 41.2%, repeat floor 3.7%); seed 4's database
+    # (2026-12-06) 12.81 / 14.75%. So with the floor 8.1 / 12.2 / 18.2 / 11.8% on four fresh draws; the floor
+    # helps by 0.8 / 0.2 / -0.03 / -0.4 points there and 1.9 on seed 4's database. Simulated device, this preset with --config.wall.enabled=False
     # --config.prune.enabled=False '--config.sim.gammas=(0.0,)': gamma-0 MAPE 2.60 / 2.65%; AL fraction of
     # random's 60 chains on the seed-mean curve (per-seed median), stream 0 seeds 0-2 0.6 (0.6) / 0.5 (0.5),
     # stream 1 seeds 10-14 (the preset) 0.5 (0.4) / 0.6 (0.5), stream 2 seeds 20-24 0.5 (0.5) / 0.5 (0.4); with
