@@ -157,9 +157,10 @@ def fang_krum(updates, observed, is_mal, key, *, f_assumed: int | None = None, l
     k0 = jnp.clip(n - f - 2, 1, n - 1)
     nearest = krum_scores(dist, k0, observed)  # sums of (non-squared) distances to nearest observed
     denom = jnp.maximum(n - 2 * f - 1, 1).astype(g.dtype)
-    obs = observed.astype(g.dtype)
-    g_bar = (obs @ g) / jnp.maximum(obs.sum(), 1.0)
-    spread = jnp.sqrt(jnp.sum((g - g_bar) ** 2, axis=1))
+    # |g_i - g_bar|^2 = |g_i|^2 - 2 g_i.g_bar + |g_bar|^2 from the Gram matrix above (no [n, d] temporary)
+    w = observed.astype(g.dtype) / jnp.maximum(observed.sum(), 1).astype(g.dtype)
+    gg_bar = gram @ w
+    spread = jnp.sqrt(jnp.maximum(sq - 2 * gg_bar + w @ gg_bar, 0.0))
     lam0 = jnp.min(jnp.where(observed, nearest, jnp.inf)) / (denom * jnp.sqrt(d)) + \
         jnp.max(jnp.where(observed, spread, 0.0)) / jnp.sqrt(d)
     lam0 = jnp.where(jnp.isfinite(lam0), lam0, 1.0)
