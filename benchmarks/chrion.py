@@ -11,7 +11,7 @@ For every model: ONNX Runtime CPUExecutionProvider (default threads and options)
 time, compiled with ``graph.CPU_COMPILER_OPTIONS``: 512-bit vectors) run the same inputs, and, as a
 baseline in the same loop, the same function compiled with XLA's default CPU options (column "XLA
 defaults"; ``--no-xla-defaults`` drops it), ``--repeats`` calls each, taking turns in short blocks separated by
-idle gaps (see ``_timed_blocks``: ORT's threads spin after each run and would otherwise steal the
+idle gaps (see ``jaxlab.serving.profiler.timed_blocks``: ORT's threads spin after each run and would otherwise steal the
 cores from the next call); the figure is the ratio of medians (jax / ORT, < 1 means we are
 faster) and the max abs difference of the outputs. The machine is shared: medians only, and the
 load average is printed beside the numbers.
@@ -55,28 +55,7 @@ def _grid(quick: bool):
             for t in (16, 64)] + [("GRU", 512, 2, True, 32), ("GRU", 256, 4, False, 64)]
 
 
-BLOCK, WARM, GAP_S = 20, 3, 0.05
-
-
-def _timed_blocks(runners: dict, repeats: int, block: int = BLOCK, gap_s: float = GAP_S, warm: int = WARM) -> dict:
-    """Per-call wall seconds of each runner (name -> zero-argument call), ``repeats`` each.
-
-    The runners take turns in blocks of ``block`` kept calls with ``gap_s`` of idle time before
-    each block, after ``warm`` warm-up calls that are not kept (steady state, as a server runs). Why not call by call: ONNX Runtime's
-    worker threads spin-wait after every run (its default, which is what makes it fast on small
-    models), so whatever runs right after an ORT call shares the cores with them; interleaving
-    call by call made our single-device path up to 2x slower than alone (measured: LSTM-h512-l4
-    3.4 ms alone, 6.9 ms right after ORT calls)."""
-    ts = {k: [] for k in runners}
-    while min(len(v) for v in ts.values()) < repeats:
-        for k, fn in runners.items():
-            time.sleep(gap_s)
-            for j in range(warm + block):
-                t0 = time.perf_counter()
-                fn()
-                if j >= warm:
-                    ts[k].append(time.perf_counter() - t0)
-    return {k: v[:repeats] for k, v in ts.items()}
+GAP_S = 0.05  # idle gap before each timed block (see jaxlab.serving.profiler.timed_blocks)
 
 
 def _cpu_ratio(fn, repeats: int = 10) -> float:
@@ -115,6 +94,7 @@ def ort_vs_jax(grid, repeats: int, batch: int, ort_threads: int = 0, cores: int 
     import jax
 
     from jaxlab.serving.onnx_import import compile_single_device, import_onnx, make_rnn_model, ort_session
+    from jaxlab.serving.profiler import timed_blocks
     rows = []
     for cell, h, l, bi, t in grid:
         model = make_rnn_model(cell, input_size=h, hidden=h, layers=l, bidirectional=bi, seq_len=t, batch=batch)
@@ -138,7 +118,7 @@ def ort_vs_jax(grid, repeats: int, batch: int, ort_threads: int = 0, cores: int 
             runners["jax0"] = lambda: jax.block_until_ready(f0(x))
         if eng is not None:
             runners["cores"] = lambda: eng.run_stream([x])
-        ts = _timed_blocks(runners, repeats)
+        ts = timed_blocks(runners, repeats, gap_s=GAP_S)
         to, tj, te = ts["ort"], ts["jax"], ts.get("cores", [])
         name = f"{cell}-h{h}-l{l}-{'bi' if bi else 'uni'}-T{t}-B{batch}"
         r = {"model": name, "ort_ms": np.median(to) * 1e3, "jax_ms": np.median(tj) * 1e3, "max_abs_err": err,

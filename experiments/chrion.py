@@ -3,7 +3,8 @@
     python -m experiments.chrion --workdir=runs/chrion --config=experiments/configs/chrion.py:quick
 
 For every model of the config: ONNX Runtime CPU latency and our compiled single-device path
-(lax.scan) on the same model; the unrolled operator DAG profiled on [cpu, accelerator]; four plans
+(lax.scan) on the same model, timed in turns of blocks with idle gaps as in ``benchmarks.chrion``
+(``jaxlab.serving.profiler.timed_blocks``); the unrolled operator DAG profiled on [cpu, accelerator]; four plans
 (cpu-only, accelerator-only, latency-optimal = HEFT + local search, memory-optimal = least
 accelerator memory under the SLO) executed by the threaded engine (p50/p99 latency, ORT parity,
 analytic device memory); simulator-predicted vs measured makespan (MAPE); SLO violation rate
@@ -138,7 +139,7 @@ def _run_model(mcfg, config, devices, wd, step, make_gantt):
     from jaxlab.serving.onnx_import import compile_single_device, import_onnx, make_rnn_model, ort_session
     from jaxlab.serving.partition import (make_problem, plan_latency_optimal, plan_memory_optimal,
                                           plan_single_device, segment_schedule)
-    from jaxlab.serving.profiler import calibrate_fusion, profile_graph
+    from jaxlab.serving.profiler import calibrate_fusion, profile_graph, timed_blocks
 
     import ml_collections
     mcfg = ml_collections.ConfigDict(dict(mcfg))
@@ -185,16 +186,20 @@ def _run_model(mcfg, config, devices, wd, step, make_gantt):
         eng.warmup(x0)
         eng.profile_segments(repeats=1, warmup=1)   # compiles nothing new; warms the timing path
         engines.append((p, eng, []))
-    # Interleave plans and peers request by request so that machine load hits all alike.
+    # ONNX Runtime against our single-device scan: in blocks with idle gaps (profiler.timed_blocks),
+    # since ORT's worker threads spin after every run and slow whatever runs next on the cores.
+    xs = [make_x() for _ in range(config.runs)]
+    refs = [dict(zip(onames, sess.run(onames, x))) for x in xs]   # parity references
+    peers = timed_blocks({"onnxruntime-cpu": lambda: sess.run(onames, xs[0]),
+                          "jax-scan-cpu": lambda: jax.block_until_ready(scan(xs[0]))},
+                         repeats=config.runs, block=max(1, config.runs // 3))
     lat_ms = {p.name: [] for p in plans}
-    lat_ms["onnxruntime-cpu"], lat_ms["jax-scan-cpu"] = [], []
+    lat_ms.update({k: [t * 1e3 for t in v] for k, v in peers.items()})
     max_err = {p.name: 0.0 for p in plans}
     traces = {}
-    for _ in range(config.runs):
-        x = make_x()
-        ref = dict(zip(onames, sess.run(onames, x)))   # also the warm-up of ORT
-        t = time.perf_counter(); sess.run(onames, x); lat_ms["onnxruntime-cpu"].append((time.perf_counter() - t) * 1e3)
-        t = time.perf_counter(); jax.block_until_ready(scan(x)); lat_ms["jax-scan-cpu"].append((time.perf_counter() - t) * 1e3)
+    time.sleep(0.05)  # let ORT's threads stop spinning before the engines run
+    # Interleave the plans request by request so that machine load hits all alike.
+    for x, ref in zip(xs, refs):
         for p, eng, preds in engines:
             # Segment profiles taken in the same iteration as the measurement, so that both see the
             # same machine load; the simulator composes them into a predicted makespan.

@@ -1,5 +1,7 @@
 """Profiler and fusion calibration on one CPU device; experiment presets."""
 
+import time
+
 import jax
 import numpy as np
 import pytest
@@ -7,7 +9,7 @@ import pytest
 from jaxlab.serving.cost import DeviceSpec, segment_time
 from jaxlab.serving.graph import fuse_light_chains
 from jaxlab.serving.onnx_import import import_onnx, make_rnn_model
-from jaxlab.serving.profiler import calibrate_fusion, profile_graph
+from jaxlab.serving.profiler import calibrate_fusion, profile_graph, timed_blocks
 
 
 def test_profile_shares_measurements_by_signature_and_calibrates_fusion():
@@ -29,6 +31,25 @@ def test_profile_shares_measurements_by_signature_and_calibrates_fusion():
     ops = list(range(len(g.ops)))
     expect = cm2.seg_fixed[0] + cm2.seg_per_arg[0] * 10 + cm2.seg_scale[0] * cm.op_compute[:, 0].sum()
     np.testing.assert_allclose(segment_time(cm2, ops, 0, n_args=10), expect)
+
+
+def test_timed_blocks_takes_turns_in_blocks_after_warmup_calls():
+    log = []
+
+    def runner(name, sleep_s=0.0):
+        def call():
+            log.append(name)
+            if sleep_s:
+                time.sleep(sleep_s)
+        return call
+
+    ts = timed_blocks({"a": runner("a"), "b": runner("b", 0.002)}, repeats=5, block=2, warm=1, gap_s=0.0)
+    assert {k: len(v) for k, v in ts.items()} == {"a": 5, "b": 5}
+    # three turns each of 1 warm-up + 2 kept calls, one runner's whole block before the other's
+    assert log == (["a"] * 3 + ["b"] * 3) * 3
+    assert min(ts["b"]) >= 0.002 > max(ts["a"])
+    with pytest.raises(ValueError, match="repeats=0"):
+        timed_blocks({"a": runner("a")}, repeats=0)
 
 
 def test_experiment_presets():

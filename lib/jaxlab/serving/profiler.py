@@ -20,7 +20,7 @@ import numpy as np
 from jaxlab.serving.cost import CostModel, DeviceSpec
 from jaxlab.serving.graph import Graph, device_jit
 
-__all__ = ["profile_graph", "calibrate_fusion", "measure_transfers", "measure_dispatch", "time_call"]
+__all__ = ["profile_graph", "calibrate_fusion", "measure_transfers", "measure_dispatch", "time_call", "timed_blocks"]
 
 
 def time_call(fn, args, repeats: int = 20, warmup: int = 3) -> tuple:
@@ -35,6 +35,32 @@ def time_call(fn, args, repeats: int = 20, warmup: int = 3) -> tuple:
         ts[k] = time.perf_counter() - t0
     med = float(np.median(ts))
     return med, float(1.4826 * np.median(np.abs(ts - med)))
+
+
+def timed_blocks(runners: dict, repeats: int, block: int = 20, gap_s: float = 0.05, warm: int = 3) -> dict:
+    """Per-call wall seconds of each runner (name -> zero-argument call), ``repeats`` each.
+
+    The runners take turns in blocks of ``block`` kept calls with ``gap_s`` of idle time before
+    each block, after ``warm`` warm-up calls that are not kept (steady state, as a server runs).
+    Why not call by call: ONNX Runtime's worker threads spin-wait after every run (its default,
+    which is what makes it fast on small models), so whatever runs right after an ORT call shares
+    the cores with them; interleaving call by call made our single-device path up to 2x slower than
+    alone (measured: LSTM-h512-l4 3.4 ms alone, 6.9 ms right after ORT calls). Every comparison with
+    ONNX Runtime in this package (``benchmarks.chrion``, ``experiments.chrion``) is timed this way.
+    """
+    if repeats < 1 or block < 1 or warm < 0 or gap_s < 0:
+        raise ValueError(f"timed_blocks: repeats={repeats}, block={block} must be >= 1 and warm={warm}, "
+                         f"gap_s={gap_s} >= 0")
+    ts = {k: [] for k in runners}
+    while min(len(v) for v in ts.values()) < repeats:
+        for k, fn in runners.items():
+            time.sleep(gap_s)
+            for j in range(warm + block):
+                t0 = time.perf_counter()
+                fn()
+                if j >= warm:
+                    ts[k].append(time.perf_counter() - t0)
+    return {k: v[:repeats] for k, v in ts.items()}
 
 
 def measure_dispatch(device, repeats: int = 50) -> float:
