@@ -110,6 +110,22 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     # binary features for the kind of the previous layer (conv / dense / pool / act / bn, per layer kind) THOR
     # gave 18.1%, for the kind of the next layer (or the readout) 14.2%, both 17.3%. Its largest errors were a
     # batch-8 128-input MLP (50 us measured, 42 us on repeat, 25 us predicted) and a 17.5 ms CNN predicted 0.63x.
+    # XLA:CPU's conv cost is not smooth in the channel counts (measured 2026-12-07, jax 0.10.2, this 2-core EPYC,
+    # /work/scratch/thor2/): the forward conv of a 5x5 kernel on 3 input channels at batch 32, 20x20, took 5.06 ms
+    # for 24 or 20 output channels against 0.72 ms for 16 and 0.73 ms for 48 (the weight gradient: 0.72 / 0.60 /
+    # 0.60 / 4.64 ms); per training FLOP that layer ran at 10.5-11.1 GFLOP/s at every batch 8-64 and size 12-24,
+    # against 45.6 (16 out) and 73.7 (48 out). Both largest held-out misses of the floor runs (seed 7 0.41x, 7.5 ms;
+    # seed 8 0.48x, 13.0 ms) are that conv (3 -> 24, 5x5) as the first layer, a channel/kernel combination none of
+    # those seeds' chains profiled; over seeds 5-8, held-out CNNs whose convs were all profiled in some chain miss by
+    # 10.5% on average, the others by 14.2%. Tried offline on the seed 5-8 databases, not adopted: a kernel-probe
+    # feature (forward + weight- [+ input-] gradient time per FLOP of the conv at batch 16, 16x16, measured for each
+    # (cin, cout, kernel, stride, padding); in place of the redundant 'w'), as a GP input: THOR 10.33 / 11.63 / 15.27
+    # / 11.06% against 8.13 / 12.15 / 18.20 / 11.78% (seed 5 worse: the probe's efficiency changes with the layer's
+    # size, e.g. a 24 -> 4 3x3 VALID conv ran 43-56 ps per FLOP at batch 16, 16x16 and 114-136 at batch 64, 20x20);
+    # as the mean's only column (probe seconds of the layer): 10.54 / 12.29 / 15.79 / 10.24%; with FLOPs and bytes:
+    # 10.05 / 12.77 / 16.38 / 10.76%. Truth pooled over all 8 rounds instead of the even 4: 8.84 / 12.49 / 16.02 /
+    # 11.00%. The MLPs alone (no convs) miss by 11.8 / 19.4 / 11.0% on seeds 6 / 7 / 8, with their own repeat
+    # floor 17.1 / 15.5 / 4.3%: no conv fix reaches the target on those draws.
     c.wall = ml_collections.ConfigDict()
     c.wall.enabled = True
     c.wall.pool_chains = 240  # ~4-6 min of profiling; idle runs: 40 chains 24% (before the max/pos features), 120: 18%, 240: 12% (17% on a fresh re-measurement), 480: 15%
