@@ -38,6 +38,7 @@ PRETRAIN_KEYS = ("seed", "resolution", "held_out_class", "channels", "attention"
 # is ours and is labelled "[our choice]" in summary.json["settings"] (see :func:`provenance`).
 PAPER_SETTINGS = {"weight_decay": 1e-2, "grad_clip": 1.0, "finetune_batch": 1, "prior_weight": 1.0,
                   "finetune_lr": 5e-6, "finetune_steps": 1200, "sampler_steps": 50, "num_timesteps": 1000,
+                  "guidance_scale": 7.5,
                   "bnn.lora_rank": 4,
                   "bnn.variant": "mean_field", "bnn.include": bnn.DREAMBOOTH_INCLUDE, "bnn.init_sigma": 0.01,
                   "bnn.prior_sigma": 0.01, "bnn.parametrization": "direct", "bnn.kl_weight": 0.0,
@@ -102,10 +103,23 @@ def _classifier(wd, config, data):
     return params, acc
 
 
+def _null_label(config):
+    """The unconditional class index (10, after the ten digits) when pretraining drops labels for
+    classifier-free guidance (``p_uncond`` > 0), else None."""
+    return 10 if float(config.get("p_uncond", 0.0)) > 0 else None
+
+
+def _sampler_kw(config) -> dict:
+    return {"num_steps": config.sampler_steps, "eta": config.sampler_eta,
+            "guidance_scale": float(config.get("guidance_scale", 1.0)), "null_label": _null_label(config)}
+
+
 def _pretrained(wd, config, data):
     """Resumable pretraining with orbax checkpoints; the finished model is exported in diffusers format."""
     export = wd.file("pretrained_unet")
     sig = {k: (list(config[k]) if isinstance(config[k], tuple) else config[k]) for k in PRETRAIN_KEYS}
+    if _null_label(config) is not None:  # only then, so workdirs pretrained before the option stay valid
+        sig["p_uncond"] = float(config.p_uncond)
     if os.path.isfile(os.path.join(export, "scheduler.json")):
         with open(os.path.join(export, "scheduler.json")) as f:
             cached = json.load(f).get("pretrain_config")
@@ -113,7 +127,8 @@ def _pretrained(wd, config, data):
             model, params, schedule = fewshot.load_pretrained(export)
             return model, params, schedule, True
         raise ValueError(f"{export} was pretrained with {cached}, not {sig}: use a fresh --workdir")
-    model = UNet2DModel(fewshot.small_unet_config(config.resolution, 10, tuple(config.channels),
+    model = UNet2DModel(fewshot.small_unet_config(config.resolution, 10 + (_null_label(config) is not None),
+                                                  tuple(config.channels),
                                                   attention=tuple(config.attention)))
     schedule = ddpm.make_schedule(config.schedule, config.num_timesteps)
     x, y = data["pre_train"]
@@ -134,7 +149,8 @@ def _pretrained(wd, config, data):
                                  batch_size=config.pretrain_batch,
                                  params=restored["params"] if step is not None else params0,
                                  opt_state=restored["opt_state"] if step is not None else None,
-                                 start_step=start, callback=cb, callback_every=max(config.pretrain_steps // 20, 1))
+                                 start_step=start, callback=cb, callback_every=max(config.pretrain_steps // 20, 1),
+                                 p_uncond=float(config.get("p_uncond", 0.0)), null_label=_null_label(config))
     fewshot.save_pretrained(export, model, params, config.schedule, config.num_timesteps,
                             extra={"pretrain_config": sig, "held_out_class": config.held_out_class})
     return model, jax.tree_util.tree_map(jnp.asarray, params), schedule, False
@@ -201,8 +217,7 @@ def _finetune_run(wd, config, name, k, method, model, schedule, pretrained, data
 
     def cb(step, state, opt_state, params, m):
         t0 = time.time()
-        xs = np.asarray(fewshot.sample(model, params, schedule, eval_labels, eval_key,
-                                       num_steps=config.sampler_steps, eta=config.sampler_eta))
+        xs = np.asarray(fewshot.sample(model, params, schedule, eval_labels, eval_key, **_sampler_kw(config)))
         row = metrics.sample_metrics(xs, images, clf, real_hf, config.mem_threshold)
         row["residual_noise"] = float(_residual(xs).mean() / real_res)
         row.update(m)
@@ -329,6 +344,9 @@ def _plot_samples(path, k, runs, n_show=16):
 
 
 def run(config, workdir) -> dict:
+    if float(config.get("guidance_scale", 1.0)) != 1.0 and _null_label(config) is None:
+        raise ValueError(f"guidance_scale={config.guidance_scale} needs a model pretrained with an unconditional "
+                         "class: set p_uncond > 0 (e.g. --config.p_uncond=0.1) in a fresh --workdir, or guidance_scale=1.0")
     wd = Workdir(workdir)
     t_start = time.time()
     data = _split(config)
@@ -339,7 +357,7 @@ def run(config, workdir) -> dict:
     # pretrained model: class-conditional label check and its noise level
     labels = jnp.asarray(np.repeat(np.arange(9), config.eval_per_class), jnp.int32)
     xs = np.asarray(fewshot.sample(model, params, schedule, labels, jax.random.PRNGKey(config.seed + 3),
-                                   num_steps=config.sampler_steps, eta=config.sampler_eta))
+                                   **_sampler_kw(config)))
     pred = np.asarray(metrics.classifier_predict(clf, jnp.asarray(xs)))
     cond_acc = float((pred == np.asarray(labels)).mean())
     real_hf = float(metrics.high_frequency_ratio(data["new"]).mean())  # real 9s
@@ -402,7 +420,9 @@ def run(config, workdir) -> dict:
         "pretrained_conditional_accuracy": cond_acc,
         "pretrained_noise": base_noise, "real_hf_ratio_9s": real_hf, "real_hf_ratio_0to8": real_hf_all,
         "real_diversity_9s": real_div, "pretrained_cached": cached,
-        "sampler": f"DDIM {config.sampler_steps} steps eta={config.sampler_eta}",
+        "sampler": f"DDIM {config.sampler_steps} steps eta={config.sampler_eta}"
+                   + (f", classifier-free guidance {config.guidance_scale} (p_uncond {config.p_uncond})"
+                      if float(config.get("guidance_scale", 1.0)) != 1.0 else ""),
         "noise_definition": "mean |Laplacian|^2/energy of samples divided by that of real 9s (1.0 = real-like)",
         "pretrained_residual_noise": base_res, "real_residual_std_9s": real_res,
         "residual_noise_definition": (f"residual noise std the pretrained UNet finds in a sample at t={config.residual_t} "

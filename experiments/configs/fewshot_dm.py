@@ -55,6 +55,8 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     c.eval_samples = 48
     c.sampler_steps = 50              # DDIM, eta below; one fixed sampler for every curve
     c.sampler_eta = 0.0
+    c.guidance_scale = 1.0            # classifier-free guidance at sampling (1.0: none; the paper samples SD at 7.5)
+    c.p_uncond = 0.0                  # pretraining label dropout to a null class (needed when guidance_scale != 1)
     c.mem_threshold = 0.2             # RMS distance in [-1, 1] units to call a sample a copy
     c.residual_t = 10                 # timestep of the pretrained-denoiser residual noise metric
 

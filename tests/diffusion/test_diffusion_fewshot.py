@@ -229,3 +229,44 @@ def test_zero_kl_weight_never_evaluates_the_kl(pretrained):
     assert not _leaves_equal(params, pretrained)
     with pytest.raises(ValueError, match="zero-width prior"):
         fewshot.fine_tune(MODEL, SCHED, pretrained, IMGS, LABELS, kl_weight=1e-3, **kw)
+
+
+def test_classifier_free_guidance_combines_conditional_and_null_predictions(pretrained):
+    # the 10-class test model: class 9 plays the null label here (IMGS/LABELS are only used for shapes)
+    x = jnp.asarray(IMGS)
+    t = jnp.array([5, 50, 99], jnp.int32)
+    cond = jnp.array([1, 4, 7], jnp.int32)
+    eps_c = MODEL.apply({"params": pretrained}, x, t, cond)
+    eps_u = MODEL.apply({"params": pretrained}, x, t, jnp.full_like(cond, 9))
+    for scale in (0.0, 1.0, 7.5):
+        got = fewshot._guided_eps_fn(MODEL, scale, 9)(pretrained, x, t, cond)
+        np.testing.assert_allclose(got, eps_u + scale * (eps_c - eps_u), rtol=1e-5, atol=1e-5)
+    key = jax.random.PRNGKey(8)
+    plain = fewshot.sample(MODEL, pretrained, SCHED, cond, key, num_steps=5)
+    same = fewshot.sample(MODEL, pretrained, SCHED, cond, key, num_steps=5, guidance_scale=1.0, null_label=9)
+    guided = fewshot.sample(MODEL, pretrained, SCHED, cond, key, num_steps=5, guidance_scale=3.0, null_label=9)
+    np.testing.assert_allclose(same, plain, atol=1e-5)
+    assert float(jnp.max(jnp.abs(guided - plain))) > 1e-3
+    with pytest.raises(ValueError, match="needs null_label"):
+        fewshot.sample(MODEL, pretrained, SCHED, cond, key, num_steps=5, guidance_scale=3.0)
+    with pytest.raises(ValueError, match="needs null_label"):
+        fewshot.sample(MODEL, pretrained, SCHED, cond, key, num_steps=5, guidance_scale=3.0, null_label=10)
+
+
+def test_pretrain_label_dropout_for_guidance_and_its_bad_input():
+    x = np.asarray(IMGS)
+    y = np.array([0, 1, 2], np.int32)
+    kw = dict(steps=3, key=jax.random.PRNGKey(2), lr=1e-3, batch_size=4)
+    base, _ = fewshot.pretrain(MODEL, SCHED, x, y, **kw)
+    again, _ = fewshot.pretrain(MODEL, SCHED, x, y, p_uncond=0.0, null_label=9, **kw)
+    dropped, _ = fewshot.pretrain(MODEL, SCHED, x, y, p_uncond=0.9, null_label=9, **kw)
+    assert _leaves_equal(base, again)             # p_uncond = 0 keeps the earlier random stream
+    emb = lambda p: np.asarray(p["class_embedding"]["embedding"])
+    # only label dropout trains the null class's embedding row
+    assert np.array_equal(emb(base)[9], emb(again)[9]) and not np.allclose(emb(dropped)[9], emb(base)[9])
+    with pytest.raises(ValueError, match="needs null_label"):
+        fewshot.pretrain(MODEL, SCHED, x, y, p_uncond=0.1, **kw)
+    with pytest.raises(ValueError, match="also a training label"):
+        fewshot.pretrain(MODEL, SCHED, x, y, p_uncond=0.1, null_label=2, **kw)
+    with pytest.raises(ValueError, match=r"p_uncond=1.0 must be in \[0, 1\)"):
+        fewshot.pretrain(MODEL, SCHED, x, y, p_uncond=1.0, null_label=9, **kw)
