@@ -179,6 +179,36 @@ def residual_noise_fn(model, pretrained, schedule, clf, t):
     return f
 
 
+# Settings a resumed fine-tuning run may change: which runs exist, and how long they train (a constant-LR
+# run extended by more steps continues the same trajectory).
+RESUME_MAY_CHANGE = ("shots", "methods", "finetune_steps", "selection")
+
+
+def _check_resume_settings(run_wd, config, name):
+    """Refuses to resume run ``name`` under settings other than those it started with: its curve would
+    mix two settings. Keys the stored config lacks (added to the code later) must be at their defaults."""
+    from experiments.configs.fewshot_dm import get_config
+
+    path = run_wd.file("config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        stored = json.load(f).get("config", {})
+    defaults = provenance(get_config("paper"))
+    now = provenance(config)
+    flat_stored = {k: v["value"] for k, v in provenance(stored).items()} if stored else {}
+    diff = []
+    for key, cur in now.items():
+        if key.split(".")[0] in RESUME_MAY_CHANGE:
+            continue
+        old = flat_stored.get(key, defaults.get(key, {}).get("value", cur["value"]))
+        if json.loads(json.dumps(old)) != json.loads(json.dumps(cur["value"])):
+            diff.append(f"{key}: {old!r} -> {cur['value']!r}")
+    if diff:
+        raise ValueError(f"run {name} in {run_wd.path} was started with other settings ({'; '.join(diff)}); "
+                         "resuming would mix them in one curve: use a fresh --workdir (or delete that run's folder)")
+
+
 def _finetune_run(wd, config, name, k, method, model, schedule, pretrained, data, clf, real_hf, real_res):
     _residual = residual_noise_fn(model, pretrained, schedule, clf, config.residual_t)
     run_wd = Workdir(os.path.join(wd.path, "runs", name))
@@ -207,6 +237,7 @@ def _finetune_run(wd, config, name, k, method, model, schedule, pretrained, data
     resume = None
     saved = {}
     if step is not None:
+        _check_resume_settings(run_wd, config, name)
         run_wd.truncate_metrics(step)
         if os.path.exists(samples_path):
             with np.load(samples_path) as z:

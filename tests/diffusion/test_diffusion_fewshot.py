@@ -212,6 +212,10 @@ def test_fewshot_dm_micro_run_summary_and_provenance(tmp_path):
     assert cmp["bnn_fidelity_final_mean_last5"] == b["fidelity_final_mean_last5"]
     for f in ("curves.png", "samples_K2.png", "summary.json", "comparison.md"):
         assert os.path.isfile(os.path.join(wd, f)), f
+    # a rerun in the same workdir resumes each run only under the settings it started with
+    c.finetune_lr, c.guidance_scale, c.p_uncond = c.finetune_lr * 2, 1.0, 0.0
+    with pytest.raises(ValueError, match=r"K2_plain .*finetune_lr: 0.001 -> 0.002.*fresh --workdir"):
+        fewshot_dm.run(c, wd)
 
 
 def test_zero_kl_weight_never_evaluates_the_kl(pretrained):
