@@ -50,6 +50,8 @@ def test_timed_blocks_takes_turns_in_blocks_after_warmup_calls():
     assert min(ts["b"]) >= 0.002 > max(ts["a"])
     with pytest.raises(ValueError, match="repeats=0"):
         timed_blocks({"a": runner("a")}, repeats=0)
+    with pytest.raises(ValueError, match="runners is empty"):
+        timed_blocks({}, repeats=3)
 
 
 def test_experiment_presets():

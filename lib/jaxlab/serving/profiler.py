@@ -48,6 +48,8 @@ def timed_blocks(runners: dict, repeats: int, block: int = 20, gap_s: float = 0.
     alone (measured: LSTM-h512-l4 3.4 ms alone, 6.9 ms right after ORT calls). Every comparison with
     ONNX Runtime in this package (``benchmarks.chrion``, ``experiments.chrion``) is timed this way.
     """
+    if not runners:
+        raise ValueError("timed_blocks: runners is empty; pass {name: zero-argument call}")
     if repeats < 1 or block < 1 or warm < 0 or gap_s < 0:
         raise ValueError(f"timed_blocks: repeats={repeats}, block={block} must be >= 1 and warm={warm}, "
                          f"gap_s={gap_s} >= 0")
