@@ -186,6 +186,18 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
         # (245 s): conditional accuracy 0.744 (unguided, seed 1: 0.644), HF noise peak 1.62 at step 20 (the first
         # Adam steps), 5 evaluations above 1.5x, never more than two in a row; fidelity 0.801 -> 0.951 (minimum 0.800
         # at step 200), memorisation >= 0.5 from step 1340. Guidance does not bring out a corruption stage here either.
+        # Sampler and batch probes (2026-12-07, seed 1, plain only, seed 1's pretrained model and classifier reused,
+        # --config.seed=1 --config.methods="('plain',)"; the HF-DreamBooth reports say noisy outputs depend on the
+        # scheduler and step count, and the paper trains at batch 1): stochastic DDIM --config.sampler_eta=1.0
+        # (160 s): pretrained conditional accuracy 0.856, HF noise 0.73; plain peak 1.18 (step 1060), above 1.5x the
+        # pretrained level at 1 of 76 evaluations; fidelity 0.835 (its minimum, step 0) -> 0.977; memorisation >= 0.5
+        # from step 780. DDPM ancestral, --config.sampler_eta=1.0 --config.sampler_steps=1000 --config.eval_every=40
+        # (863 s): accuracy 0.600, HF noise 0.79; peak 1.04 (step 80), never above 1.5x (0 of 39); fidelity 0.772
+        # (step 0) -> 0.983; memorisation >= 0.5 from step 760. Batch 1, --config.finetune_batch=1 (176 s, DDIM 50,
+        # eta 0): spikier, HF noise above 1.5x at 12 of 76 evaluations, never more than two in a row (peaks 3.82 at
+        # step 680 and 3.48 at 1380, with 0.81 / 0.80 next to them), mean excess 0.21; fidelity 0.811 -> 0.890
+        # (minimum 0.742 at step 120, then rising), no memorisation at 1500. No sampler or batch size here shows a
+        # sustained rise-then-fall of the noise with a fidelity dip.
         c = get_config("digits16")
         c.seed = 1
         c.shots = (5,)
