@@ -204,7 +204,7 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
         # (minimum 0.803 at step 40), memorisation >= 0.5 from step 860: the model learns the stripes without
         # overshooting into noise.
         # A 4x larger UNet (spec section 2 proposes 32/64 channels; --config.seed=1 --config.methods="('plain',)"
-        # --config.channels="(32,64)", 702,625 parameters against 177,489, 1018 s with its own pretraining): class-
+        # --config.channels="(32,64)", 702,625 parameters against 177,489, 908 s with its own pretraining): class-
         # conditional accuracy 0.878 (0.644 at 16/32), HF noise 0.72; plain peak 1.49 (step 500, one evaluation;
         # 0.66 / 0.70 on either side), above 1.5x the pretrained level at 2 of 76 evaluations, never two in a row,
         # mean excess 0.06; fidelity 0.827 -> 0.973 (minimum 0.813 at step 20); memorisation >= 0.5 from step 980.
