@@ -5,7 +5,10 @@
 Runs every (attack, defense) cell of ``config.attacks x config.defenses`` (and Pill-wrapped attacks
 on ``config.pill_defenses``) at ``config.attacker_fraction`` and writes, per cell, the global
 model's test accuracy, backdoor attack success rate where relevant, and detection FPR/FNR (summed
-over rounds; "n/a" for rules that select nobody). The full matrix and the attacker-fraction sweep
+over rounds; "n/a" for rules that select nobody). For the coordinate-wise rules (median, trimmed
+mean) ``coord_keep_mal`` / ``coord_keep_ben`` give the mean share of an attacker's / an honest
+client's coordinates that the rule averaged (inside its rank window), their per-coordinate
+counterpart of "kept" (NaN for the other rules). The full matrix and the attacker-fraction sweep
 live in ``experiments/robust_matrix.py``, which reuses :func:`setup` and :func:`run_cell`.
 """
 
@@ -114,6 +117,7 @@ def run_cell(s: Setup, attack: str, defense: str, fraction: float, pill: bool = 
     row = {"attack": attack, "defense": defense, "pill": bool(pill), "fraction": float(fraction), "f": f_true,
            "f_defense": f_used, "acc": out["acc"], "err": 1.0 - out["acc"],
            "fpr": out["fpr"] if agg.selects else float("nan"), "fnr": out["fnr"] if agg.selects else float("nan"),
+           "coord_keep_mal": out["coord_keep_mal"], "coord_keep_ben": out["coord_keep_ben"],
            "seconds": time.perf_counter() - t0}
     if hp:
         row["attack_hparams"] = hp

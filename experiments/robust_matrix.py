@@ -19,7 +19,12 @@ attacker updates the rule kept (its FNR) and ``keep_ben`` = the share of benign 
 detection when ``keep_mal >= keep_ben / 2``: the rule keeps an attacker at least half as often as
 an honest client. (The earlier criterion ``keep_mal > 50%`` is also reported; it cannot be met by
 Krum, which keeps one update of n, so at most f/n = 25% of the attackers' updates.) Median and
-trimmed mean flag no client, so there is no detection to get past: "n/a".
+trimmed mean flag no client; their filtering is per coordinate, so for them [our diagnostic] the
+same criterion is applied to ``coord_keep_*``, the share of a client's coordinates inside the
+rank window the rule averages (:func:`jaxlab.fl.robust.defenses.coordinate_kept_share`), and
+reported separately (``coordinate_wise_bypassed``, ``defenses_bypassed_of_8_incl_coordinate_wise``)
+from the selection-based count ``defenses_bypassed_of_8``. Runs recorded before this diagnostic
+have no ``coord_keep_*`` and show "n/a (flags nobody)".
 
 Each finished cell is appended to ``metrics.jsonl``; a restarted run skips the cells already there
 (resume). Outputs: ``heatmap_acc.png``, ``heatmap_fpr.png``, ``heatmap_fnr.png``,
@@ -135,6 +140,8 @@ def report(config, rows, wd: Workdir) -> dict:
         e_base, e_pill = 1 - mat("acc", attacks=PA, defenses=PD), 1 - mat("acc", "pill", True, PA, PD)
         fnr_b, fnr_p = mat("fnr", attacks=PA, defenses=PD), mat("fnr", "pill", True, PA, PD)
         fpr_p = mat("fpr", "pill", True, PA, PD)
+        ckm_b = mat("coord_keep_mal", attacks=PA, defenses=PD)
+        ckm_p, ckb_p = mat("coord_keep_mal", "pill", True, PA, PD), mat("coord_keep_ben", "pill", True, PA, PD)
         ratio = e_pill / np.maximum(e_base, 1e-9)
         _heatmap(wd.file("heatmap_pill.png"), np.log2(ratio), PA, PD,
                  "log2(error rate with Pill / without), Pill = ours", fmt_pct=False, cmap="coolwarm", vmin=-2, vmax=2)
@@ -142,7 +149,7 @@ def report(config, rows, wd: Workdir) -> dict:
         def colmean(m, j):
             return np.nan if np.all(np.isnan(m[:, j])) else float(np.nanmean(m[:, j]))
 
-        prow, bypass_of = [], {}
+        prow, bypass_of, coord_bypass_of = [], {}, {}
         eight = [d for d in PD if d not in ("fedavg", "skymask")]
         for j, d in enumerate(PD):
             keep_mal, keep_ben = colmean(fnr_p, j), 1.0 - colmean(fpr_p, j)
@@ -152,14 +159,27 @@ def report(config, rows, wd: Workdir) -> dict:
             else:
                 bypass, old = bool(keep_mal >= 0.5 * keep_ben), bool(keep_mal > 0.5)
             bypass_of[d] = bypass
+            # coordinate-wise rules: the same criterion on the share of coordinates the rule averaged
+            c_mal, c_ben = colmean(ckm_p, j), colmean(ckb_p, j)
+            c_bypass = None if (bypass is not None or np.isnan(c_mal)) else bool(c_mal >= 0.5 * c_ben)
+            coord_bypass_of[d] = c_bypass
+            if bypass is not None:
+                verdict = str(bypass)
+            elif c_bypass is not None:
+                verdict = f"{c_bypass} (coordinate-wise)"
+            else:
+                verdict = "n/a (flags nobody)"
             prow.append({"defense": d, "err_no_attack": fmt(None if none is None else 1 - none["acc"]),
                          "err_base": fmt(colmean(e_base, j)), "err_pill": fmt(colmean(e_pill, j)),
                          "ratio": f"{colmean(ratio, j):.2f}", "keep_mal_base": fmt(colmean(fnr_b, j)),
                          "keep_mal_pill": fmt(keep_mal), "keep_ben_pill": fmt(None if np.isnan(keep_mal) else keep_ben),
-                         "bypass(keep_mal>=keep_ben/2)": "n/a (flags nobody)" if bypass is None else str(bypass),
+                         "coord_keep_mal_base": fmt(colmean(ckm_b, j)), "coord_keep_mal_pill": fmt(c_mal),
+                         "coord_keep_ben_pill": fmt(c_ben),
+                         "bypass(keep_mal>=keep_ben/2)": verdict,
                          "old(keep_mal>50%)": "n/a" if old is None else str(old)})
         cols8 = [PD.index(d) for d in eight]
         sel8 = [d for d in eight if bypass_of[d] is not None]
+        coord8 = [d for d in eight if coord_bypass_of[d] is not None]
         summary["pill"] = {"design": "pill (ours), see jaxlab.fl.robust.pill", "pill_design": PILL_DESIGN,
                            "settings [our choice]": pill_settings(config),
                            "mean_error_ratio_8_defenses": float(np.nanmean(ratio[:, cols8])) if cols8 else None,
@@ -167,6 +187,12 @@ def report(config, rows, wd: Workdir) -> dict:
                            "mean_error_pill_8": float(np.nanmean(e_pill[:, cols8])) if cols8 else None,
                            "defenses_bypassed_of_8": int(sum(1 for d in sel8 if bypass_of[d])),
                            "defenses_with_detection_of_8": len(sel8),
+                           # [our diagnostic] median / trimmed mean flag nobody; counted here by the share
+                           # of the attackers' coordinates they averaged (coord_keep_*), same criterion
+                           "coordinate_wise_bypassed": {d: coord_bypass_of[d] for d in coord8},
+                           "defenses_bypassed_of_8_incl_coordinate_wise": int(
+                               sum(1 for d in sel8 if bypass_of[d]) + sum(1 for d in coord8 if coord_bypass_of[d])),
+                           "defenses_with_detection_of_8_incl_coordinate_wise": len(sel8) + len(coord8),
                            "defenses_bypassed_old_criterion_of_8": int(sum(
                                1 for d in sel8 if colmean(fnr_p, PD.index(d)) > 0.5)),
                            "per_defense": {r["defense"]: r for r in prow},

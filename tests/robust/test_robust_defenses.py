@@ -424,3 +424,52 @@ def test_reduce_rows_matches_numpy_leading_axis_reductions(n):
     np.testing.assert_array_equal(np.asarray(D.reduce_rows(jnp.asarray(x), jnp.minimum)), x.min(0))
     with pytest.raises(ValueError, match="empty leading axis"):
         D.reduce_rows(jnp.zeros((0, 3)))
+
+
+# ---------------------------------------------------------------- coordinate-wise kept share
+
+
+def np_kept_share(g, lo, hi):
+    """Loop re-derivation: in every coordinate, order the rows (ties by row index) and mark ranks [lo, hi)."""
+    n, d = g.shape
+    kept = np.zeros((n, d))
+    for j in range(d):
+        order = sorted(range(n), key=lambda i: (float(g[i, j]), i))
+        for r in range(lo, hi):
+            kept[order[r], j] = 1.0
+    return kept.mean(1)
+
+
+@pytest.mark.parametrize("n,f", [(5, 1), (6, 2), (9, 0), (10, 3)])
+def test_coordinate_kept_share_matches_a_loop_and_sums_to_the_window(n, f):
+    rng = np.random.default_rng(n * 10 + f)
+    g = rng.normal(size=(n, 40)).astype(np.float32)
+    g[1, :7] = g[0, :7]  # ties, ranked by row index
+    for rule in ("trimmed_mean", "median"):
+        lo, hi = D.coordinate_window(rule, n, f)
+        got = np.asarray(D.coordinate_kept_share(jnp.asarray(g), lo, hi))
+        np.testing.assert_allclose(got, np_kept_share(g.astype(np.float64), lo, hi), atol=1e-6)
+        assert math.isclose(got.sum(), hi - lo, rel_tol=1e-5)
+    jitted = jax.jit(lambda x: D.coordinate_kept_share(x, 1, n - 1))(jnp.asarray(g))
+    np.testing.assert_allclose(jitted, np_kept_share(g.astype(np.float64), 1, n - 1), atol=1e-6)
+
+
+def test_coordinate_kept_share_hand_case_and_bad_input():
+    # 5 rows, median window = rank 2 only; rows 3 and 4 are far outliers on every coordinate
+    g = np.array([[0.0, 1.0, 2.0, 3.0], [0.1, 1.1, 2.1, 3.1], [0.2, 0.9, 1.9, 2.9],
+                  [50.0, 50.0, 50.0, 50.0], [-50.0, -50.0, -50.0, -50.0]], np.float32)
+    assert D.coordinate_window("median", 5, None) == (2, 3)
+    assert D.coordinate_window("median", 6, None) == (2, 4)
+    assert D.coordinate_window("trimmed_mean", 5, 1) == (1, 4)
+    assert D.coordinate_window("krum", 5, 1) is None and D.coordinate_window("fedavg", 5, None) is None
+    med = np.asarray(D.coordinate_kept_share(g, 2, 3))
+    np.testing.assert_allclose(med, [0.75, 0.25, 0.0, 0.0, 0.0])  # medians 0.1, 1, 2, 3; outliers never
+    np.testing.assert_allclose(np.asarray(D.coordinate_kept_share(g, 1, 4)), [1, 1, 1, 0, 0])  # trimmed f=1
+    with pytest.raises(ValueError, match="2f < n"):
+        D.coordinate_window("trimmed_mean", 4, 2)
+    with pytest.raises(ValueError, match="rank window"):
+        D.coordinate_kept_share(g, 3, 3)
+    with pytest.raises(ValueError, match="rank window"):
+        D.coordinate_kept_share(g, 0, 6)
+    with pytest.raises(ValueError, match=r"\[n, d\]"):
+        D.coordinate_kept_share(g[0], 0, 1)

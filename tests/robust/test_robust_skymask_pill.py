@@ -1,6 +1,8 @@
 """SkyMask's mask training against a float64 NumPy forward/backward, its GMM split on a planted
 case; the FL wrapper inside the shared engine (Pill's tests: test_robust_pill.py)."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -140,6 +142,15 @@ def test_robust_fedavg_counts_detection_and_rejects_bad_setup(tiny_fed):
     out = simulate(alg, tiny_fed, 2)
     assert out["det"]["tp"] == 2 and out["det"]["fn"] == 0 and out["fnr"] == 0.0  # 2 rounds x 1 attacker
     assert out["det"]["tp"] + out["det"]["fp"] + out["det"]["fn"] + out["det"]["tn"] == 2 * n
+    assert math.isnan(out["coord_keep_mal"]) and math.isnan(out["coord_keep_ben"])  # a selecting rule
+    # the median flags nobody; per coordinate a huge-noise attacker sits in the tails, so it holds the
+    # median far less often than an honest client, and the window's shares add up to 1 (odd n) or 2
+    med = simulate(robust_fedavg(model, defense=make_aggregator("median", f=1), malicious=mal,
+                                 attack=make_attack("gaussian", sigma=10.0), lr=0.05), tiny_fed, 2)
+    assert math.isnan(med["fpr"]) or med["det"]["tp"] == 0
+    width = 1 if n % 2 else 2
+    assert math.isclose(med["coord_keep_mal"] + (n - 1) * med["coord_keep_ben"], width, rel_tol=1e-4)
+    assert med["coord_keep_mal"] < 0.25 * med["coord_keep_ben"]
     with pytest.raises(ValueError, match="root"):
         robust_fedavg(model, defense=make_aggregator("fltrust"), malicious=mal)
     with pytest.raises(ValueError, match="malicious"):

@@ -43,6 +43,7 @@ import numpy as np
 from jax import lax
 
 __all__ = ["AggOut", "Aggregator", "DEFENSES", "REFERENCES", "make_aggregator", "oracle_mean", "max_admissible_f",
+           "coordinate_window", "coordinate_kept_share",
            "check_updates", "reduce_rows",
            "pairwise_sq_dists", "gram", "krum_scores", "sort_rows", "fedavg_mean", "krum", "multi_krum", "bulyan", "coordinate_median",
            "trimmed_mean", "geometric_median", "centered_clipping", "fltrust", "flame", "foolsgold", "dnc",
@@ -160,6 +161,38 @@ def max_admissible_f(rule: str, n: int) -> int:
     if need == "2f<n":
         return max(0, (n - 1) // 2)
     return n - 1
+
+
+def coordinate_window(rule: str, n: int, f: int | None) -> tuple[int, int] | None:
+    """Ranks ``[lo, hi)`` (0 = smallest) that a coordinate-wise rule averages in every coordinate
+    of ``n`` updates: the trimmed mean's middle ``n - 2f``, the median's middle one (odd ``n``) or
+    two (even ``n``). ``None`` for every other rule (they keep or drop whole updates, or none)."""
+    if rule == "median":
+        return (n - 1) // 2, n // 2 + 1
+    if rule == "trimmed_mean":
+        if f is None or not 0 <= 2 * f < n:
+            raise ValueError(f"trimmed_mean's window needs 0 <= 2f < n, got f={f!r}, n={n}")
+        return f, n - f
+    return None
+
+
+def coordinate_kept_share(updates, lo: int, hi: int) -> jax.Array:
+    """``[n]``: the share of each row's coordinates whose rank among the ``n`` rows lies in
+    ``[lo, hi)`` (:func:`coordinate_window`), i.e. that a coordinate-wise rule actually uses.
+
+    Coordinate-wise rules flag no client, so FPR/FNR do not describe them; this share is their
+    per-coordinate "detection" [our diagnostic]: an update whose values are trimmed away in most
+    coordinates has been filtered out coordinate by coordinate. Ties are ranked by row index (the
+    stable order), so every coordinate contributes exactly ``hi - lo`` kept entries and the shares
+    sum to ``hi - lo``. Jittable; two stable argsorts over ``[n, d]``."""
+    g = jnp.asarray(updates)
+    if g.ndim != 2:
+        raise ValueError(f"updates must be [n, d], got shape {g.shape}")
+    n = g.shape[0]
+    if not 0 <= lo < hi <= n:
+        raise ValueError(f"rank window [{lo}, {hi}) must satisfy 0 <= lo < hi <= n = {n}")
+    ranks = jnp.argsort(jnp.argsort(g, axis=0, stable=True), axis=0, stable=True)
+    return jnp.mean(((ranks >= lo) & (ranks < hi)).astype(jnp.float32), axis=1)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,7 +13,10 @@
   defense (FLTrust, SkyMask) needs it; (ii) the attack rewrites the malicious rows;
   (iii) the defense aggregates; (iv) ``w <- w - server_lr * agg``. The server state also holds
   the rule's state (centered clipping's momentum, FoolsGold's history) and the round's detection
-  counts ``det = {tp, fp, fn, tn}`` (flagged = not kept by the rule; positive = malicious).
+  counts ``det = {tp, fp, fn, tn}`` (flagged = not kept by the rule; positive = malicious); for
+  the coordinate-wise rules (median, trimmed mean), which flag nobody, ``coord = {mal, ben}``: the
+  round's per-coordinate kept shares (:func:`jaxlab.fl.robust.defenses.coordinate_kept_share`)
+  summed over attackers and over honest clients (NaN for the other rules).
 * BatchNorm statistics are not part of the update vector and stay with each client
   [our choice, spec pitfall 2; the default models have no BatchNorm].
 """
@@ -27,7 +30,7 @@ import numpy as np
 from jaxlab.fl.algorithm import Algorithm
 from jaxlab.fl.algorithms.common import LocalSGD, evaluate_on_test, init_variables
 from jaxlab.fl.robust.attacks import Attack, add_trigger, make_attack
-from jaxlab.fl.robust.defenses import Aggregator
+from jaxlab.fl.robust.defenses import Aggregator, coordinate_kept_share, coordinate_window
 from jaxlab.fl.robust.flat import flattener
 
 __all__ = ["robust_fedavg", "root_data", "backdoor_success", "detection_rates", "simulate"]
@@ -65,7 +68,8 @@ def robust_fedavg(model, *, defense: Aggregator, malicious, attack: Attack | Non
         params, model_state = init_variables(model, key, spec)
         fl = flattener(params)
         server = {"params": params, "model_state": model_state, "agg_state": defense.init(spec.num_clients, fl.size),
-                  "det": {k: jnp.zeros((), jnp.int32) for k in ("tp", "fp", "fn", "tn")}}
+                  "det": {k: jnp.zeros((), jnp.int32) for k in ("tp", "fp", "fn", "tn")},
+                  "coord": {k: jnp.zeros((), jnp.float32) for k in ("mal", "ben")}}
         clients = {"malicious": jnp.asarray(malicious), "id": jnp.arange(spec.num_clients, dtype=jnp.int32)}
         return server, clients
 
@@ -90,9 +94,17 @@ def robust_fedavg(model, *, defense: Aggregator, malicious, attack: Attack | Non
         flagged = ~out.benign
         det = {"tp": jnp.sum(flagged & is_mal), "fp": jnp.sum(flagged & ~is_mal),
                "fn": jnp.sum(~flagged & is_mal), "tn": jnp.sum(~flagged & ~is_mal)}
+        # coordinate-wise rules (median, trimmed mean): each row's share of coordinates inside the
+        # averaged rank window, summed over attackers and over honest clients (NaN for other rules)
+        window = coordinate_window(defense.name, g.shape[0], defense.f)
+        if window is None:
+            coord = {"mal": jnp.float32(jnp.nan), "ben": jnp.float32(jnp.nan)}
+        else:
+            share = coordinate_kept_share(g, *window)
+            coord = {"mal": jnp.sum(jnp.where(is_mal, share, 0.0)), "ben": jnp.sum(jnp.where(is_mal, 0.0, share))}
         params = fl.unflatten(w - server_lr * out.update)
         return {"params": params, "model_state": server["model_state"], "agg_state": agg_state,
-                "det": jax.tree_util.tree_map(lambda a: a.astype(jnp.int32), det)}
+                "det": jax.tree_util.tree_map(lambda a: a.astype(jnp.int32), det), "coord": coord}
 
     return Algorithm(init, broadcast, client_update, server_update, evaluate,
                      name=name or f"{attack.name}/{defense.name}")
@@ -158,7 +170,10 @@ def simulate(alg: Algorithm, data, rounds: int, *, seed: int = 0, join_ratio: fl
     ``eval_every`` rounds (0: only at the end).
 
     Returns ``{'acc', 'history': [(round, acc)], 'det': summed tp/fp/fn/tn, 'fpr', 'fnr',
-    'server_state'}``; ``acc`` is the global model's sample-weighted test accuracy over all clients."""
+    'coord_keep_mal', 'coord_keep_ben', 'server_state'}``; ``acc`` is the global model's
+    sample-weighted test accuracy over all clients; ``coord_keep_*`` (coordinate-wise rules only,
+    NaN otherwise) is the mean, over rounds and attackers / honest clients, of the share of a
+    client's coordinates inside the rule's averaged rank window."""
     from jaxlab.fl.algorithm import data_spec_of, tree_index, tree_set
     from jaxlab.utils.progress import progress
 
@@ -182,6 +197,7 @@ def simulate(alg: Algorithm, data, rounds: int, *, seed: int = 0, join_ratio: fl
         return float(np.asarray(ev["correct"]).sum() / max(np.asarray(ev["count"]).sum(), 1))
 
     det = {k: 0 for k in ("tp", "fp", "fn", "tn")}
+    coord = {"mal": 0.0, "ben": 0.0}
     history = []
     for r in progress(range(rounds), total=rounds, desc=alg.name, disable=not show_progress):
         rkey = jax.random.fold_in(jax.random.PRNGKey(seed), r)
@@ -195,11 +211,16 @@ def simulate(alg: Algorithm, data, rounds: int, *, seed: int = 0, join_ratio: fl
         server = server_step(server, uploads, w, k_server)
         for k in det:
             det[k] += int(server["det"][k])
+        for k in coord:
+            coord[k] += float(server["coord"][k]) if "coord" in server else float("nan")
         if eval_every and (r + 1) % eval_every == 0 and r + 1 < rounds:
             history.append((r + 1, accuracy(server)))
     acc = accuracy(server)
     history.append((rounds, acc))
-    return {"acc": acc, "history": history, "det": det, **detection_rates(det), "server_state": server}
+    n_mal, n_ben = det["tp"] + det["fn"], det["fp"] + det["tn"]
+    return {"acc": acc, "history": history, "det": det, **detection_rates(det),
+            "coord_keep_mal": coord["mal"] / n_mal if n_mal else float("nan"),
+            "coord_keep_ben": coord["ben"] / n_ben if n_ben else float("nan"), "server_state": server}
 
 
 def backdoor_success(model, params, model_state, test_x, test_y, test_n, target: int = 0, trigger_size=None):
