@@ -23,7 +23,10 @@ trimmed mean flag no client; their filtering is per coordinate, so for them [our
 same criterion is applied to ``coord_keep_*``, the share of a client's coordinates inside the
 rank window the rule averages (:func:`jaxlab.fl.robust.defenses.coordinate_kept_share`), and
 reported separately (``coordinate_wise_bypassed``, ``defenses_bypassed_of_8_incl_coordinate_wise``)
-from the selection-based count ``defenses_bypassed_of_8``. Runs recorded before this diagnostic
+from the selection-based count ``defenses_bypassed_of_8``. Both criteria are also applied to the
+base attacks without Pill (``base_bypass``,
+``defenses_bypassed_of_8_by_base_attacks_incl_coordinate_wise``): a rule the base attack already
+gets past is no evidence for Pill. Runs recorded before this diagnostic
 have no ``coord_keep_*`` and show "n/a (flags nobody)".
 
 Each finished cell is appended to ``metrics.jsonl``; a restarted run skips the cells already there
@@ -140,7 +143,8 @@ def report(config, rows, wd: Workdir) -> dict:
         e_base, e_pill = 1 - mat("acc", attacks=PA, defenses=PD), 1 - mat("acc", "pill", True, PA, PD)
         fnr_b, fnr_p = mat("fnr", attacks=PA, defenses=PD), mat("fnr", "pill", True, PA, PD)
         fpr_p = mat("fpr", "pill", True, PA, PD)
-        ckm_b = mat("coord_keep_mal", attacks=PA, defenses=PD)
+        fpr_b = mat("fpr", attacks=PA, defenses=PD)
+        ckm_b, ckb_b = mat("coord_keep_mal", attacks=PA, defenses=PD), mat("coord_keep_ben", attacks=PA, defenses=PD)
         ckm_p, ckb_p = mat("coord_keep_mal", "pill", True, PA, PD), mat("coord_keep_ben", "pill", True, PA, PD)
         ratio = e_pill / np.maximum(e_base, 1e-9)
         _heatmap(wd.file("heatmap_pill.png"), np.log2(ratio), PA, PD,
@@ -149,7 +153,7 @@ def report(config, rows, wd: Workdir) -> dict:
         def colmean(m, j):
             return np.nan if np.all(np.isnan(m[:, j])) else float(np.nanmean(m[:, j]))
 
-        prow, bypass_of, coord_bypass_of = [], {}, {}
+        prow, bypass_of, coord_bypass_of, base_bypass_of = [], {}, {}, {}
         eight = [d for d in PD if d not in ("fedavg", "skymask")]
         for j, d in enumerate(PD):
             keep_mal, keep_ben = colmean(fnr_p, j), 1.0 - colmean(fpr_p, j)
@@ -163,6 +167,11 @@ def report(config, rows, wd: Workdir) -> dict:
             c_mal, c_ben = colmean(ckm_p, j), colmean(ckb_p, j)
             c_bypass = None if (bypass is not None or np.isnan(c_mal)) else bool(c_mal >= 0.5 * c_ben)
             coord_bypass_of[d] = c_bypass
+            # the same criteria for the base attacks without Pill: what Pill adds over them
+            b_mal, b_ben = colmean(fnr_b, j), 1.0 - colmean(fpr_b, j)
+            cb_mal, cb_ben = colmean(ckm_b, j), colmean(ckb_b, j)
+            base_bypass_of[d] = (bool(b_mal >= 0.5 * b_ben) if not np.isnan(b_mal) else
+                                 bool(cb_mal >= 0.5 * cb_ben) if not np.isnan(cb_mal) else None)
             if bypass is not None:
                 verdict = str(bypass)
             elif c_bypass is not None:
@@ -173,8 +182,9 @@ def report(config, rows, wd: Workdir) -> dict:
                          "err_base": fmt(colmean(e_base, j)), "err_pill": fmt(colmean(e_pill, j)),
                          "ratio": f"{colmean(ratio, j):.2f}", "keep_mal_base": fmt(colmean(fnr_b, j)),
                          "keep_mal_pill": fmt(keep_mal), "keep_ben_pill": fmt(None if np.isnan(keep_mal) else keep_ben),
-                         "coord_keep_mal_base": fmt(colmean(ckm_b, j)), "coord_keep_mal_pill": fmt(c_mal),
-                         "coord_keep_ben_pill": fmt(c_ben),
+                         "coord_keep_mal_base": fmt(colmean(ckm_b, j)), "coord_keep_ben_base": fmt(colmean(ckb_b, j)),
+                         "coord_keep_mal_pill": fmt(c_mal), "coord_keep_ben_pill": fmt(c_ben),
+                         "base_bypass": "n/a" if base_bypass_of[d] is None else str(base_bypass_of[d]),
                          "bypass(keep_mal>=keep_ben/2)": verdict,
                          "old(keep_mal>50%)": "n/a" if old is None else str(old)})
         cols8 = [PD.index(d) for d in eight]
@@ -193,6 +203,9 @@ def report(config, rows, wd: Workdir) -> dict:
                            "defenses_bypassed_of_8_incl_coordinate_wise": int(
                                sum(1 for d in sel8 if bypass_of[d]) + sum(1 for d in coord8 if coord_bypass_of[d])),
                            "defenses_with_detection_of_8_incl_coordinate_wise": len(sel8) + len(coord8),
+                           # the base attacks, without Pill, under the same two criteria (same run)
+                           "defenses_bypassed_of_8_by_base_attacks_incl_coordinate_wise": int(
+                               sum(1 for d in eight if base_bypass_of[d])),
                            "defenses_bypassed_old_criterion_of_8": int(sum(
                                1 for d in sel8 if colmean(fnr_p, PD.index(d)) > 0.5)),
                            "per_defense": {r["defense"]: r for r in prow},

@@ -199,6 +199,20 @@ def test_matrix_report_pill_ratio_and_bypass(tmp_path):
     assert pd["median"]["bypass(keep_mal>=keep_ben/2)"].startswith("n/a")
     assert summ["defenses_bypassed_of_8"] == 1 and summ["defenses_with_detection_of_8"] == 2
     assert (tmp_path / "results.md").exists() and (tmp_path / "heatmap_pill.png").exists()
+    # with the per-coordinate kept shares recorded, the median gets a coordinate-wise verdict, counted
+    # apart from the selection-based one; the base attacks are judged by the same criteria
+    coord = {False: (0.05, 0.15), True: (0.12, 0.14)}  # (coord_keep_mal, coord_keep_ben) without / with Pill
+    rows2 = [dict(r, coord_keep_mal=coord[r["pill"]][0], coord_keep_ben=coord[r["pill"]][1])
+             if r["defense"] == "median" and r["attack"] != "none" else r for r in rows]
+    summ2 = report(c, rows2, Workdir(str(tmp_path / "coord")))["pill"]
+    pd2 = summ2["per_defense"]
+    assert pd2["median"]["bypass(keep_mal>=keep_ben/2)"] == "True (coordinate-wise)"  # 0.12 >= 0.14 / 2
+    assert pd2["median"]["base_bypass"] == "False"  # 0.05 < 0.15 / 2
+    assert pd2["krum"]["base_bypass"] == "False" and pd2["fltrust"]["base_bypass"] == "False"  # kept no attacker
+    assert summ2["defenses_bypassed_of_8"] == 1 and summ2["coordinate_wise_bypassed"] == {"median": True}
+    assert summ2["defenses_bypassed_of_8_incl_coordinate_wise"] == 2
+    assert summ2["defenses_with_detection_of_8_incl_coordinate_wise"] == 3
+    assert summ2["defenses_bypassed_of_8_by_base_attacks_incl_coordinate_wise"] == 0
 
 
 def test_pill_mask_full_tail_keeps_every_unit_of_the_last_two_layers():
