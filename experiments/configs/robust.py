@@ -197,6 +197,13 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
         # trimmed mean 7.9 -> 3.7, median 6.5 -> 4.9, Bulyan 7.5 -> 4.2, FLTrust 5.1 -> 5.1, FoolsGold 5.6 -> 5.6,
         # FLAME 7.0 -> 4.7, DnC 5.8 -> 4.4, FedAvg 8.2 -> 4.2; mean ratio over the 8 defenses 0.73x (0.78x for
         # sign-flip at 0.05 in the full matrix), 5 of the 6 flagging defenses bypassed. Not adopted.
+        # Fresh runs with the per-coordinate kept share of the median and trimmed mean (2026-12-07, seeds 0 / 1,
+        # the module docstring's commands with workdirs /work/runs/pill_cnn_coord_s0 / _s1, 18 min each): mean error
+        # ratio 0.76x / 0.78x; selection-based bypass 4 / 5 of 6 (seed 1 adds DnC); per coordinate the Pill attackers'
+        # share inside the averaged window is trimmed mean 50.3 / 54.9% vs honest 62.4 / 61.3%, median 15.3 / 16.2%
+        # vs 21.2 / 21.0%, so both pass: 6 / 7 of 8 (defenses_bypassed_of_8_incl_coordinate_wise). The base attacks
+        # without Pill pass 5 / 5 of 8 by the same criteria (trimmed mean 51.3 / 55.1%, median 16.9 / 18.3%): with
+        # 'own' knowledge they are not extreme in most coordinates either. FoolsGold keeps 0 / 1.2% of Pill's updates.
         c.dataset = "digits"
         c.model = "cnn"
         c.hidden = (100,)
