@@ -204,6 +204,11 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
         # vs 21.2 / 21.0%, so both pass: 6 / 7 of 8 (defenses_bypassed_of_8_incl_coordinate_wise). The base attacks
         # without Pill pass 5 / 5 of 8 by the same criteria (trimmed mean 51.3 / 55.1%, median 16.9 / 18.3%): with
         # 'own' knowledge they are not extreme in most coordinates either. FoolsGold keeps 0 / 1.2% of Pill's updates.
+        # Tail / budget probe (2026-12-07, seed 0, 20 rounds, sign-flip under FedAvg, /work/scratch/pillrounds.py
+        # calling experiments.robust.run_cell; no-attack error 4.2%): a pill of one unit per layer (tail 'unit', the
+        # distance budget spread over fewer coordinates) with the whole budget (carrier_mix 0) at the median benign
+        # distance (benign_quantile 0.5): 3.97%; tail 'unit' at this preset's other settings 3.50%; the same with
+        # pill_base 'zero' 3.74%; tail 'full', carrier_mix 0, quantile 0.5: 4.21%. No variant hurts.
         c.dataset = "digits"
         c.model = "cnn"
         c.hidden = (100,)
