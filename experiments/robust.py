@@ -111,7 +111,7 @@ def run_cell(s: Setup, attack: str, defense: str, fraction: float, pill: bool = 
                           benign_quantile=c.pill_benign_quantile, fallback=c.pill_fallback,
                           pill_base=c.pill_base)
     alg = robust_fedavg(s.model, defense=agg, malicious=mal, attack=att, lr=c.lr, batch_size=c.batch_size,
-                        local_epochs=c.local_epochs, server_lr=c.server_lr, root=s.root)
+                        local_epochs=c.local_epochs, server_lr=c.server_lr, root=s.root, coordinate_diagnostic=True)
     t0 = time.perf_counter()
     out = simulate(alg, s.data, rounds or c.rounds, seed=c.seed, join_ratio=c.join_ratio, eval_every=c.eval_every)
     row = {"attack": attack, "defense": defense, "pill": bool(pill), "fraction": float(fraction), "f": f_true,

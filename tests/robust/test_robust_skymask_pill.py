@@ -146,7 +146,8 @@ def test_robust_fedavg_counts_detection_and_rejects_bad_setup(tiny_fed):
     # the median flags nobody; per coordinate a huge-noise attacker sits in the tails, so it holds the
     # median far less often than an honest client, and the window's shares add up to 1 (odd n) or 2
     med = simulate(robust_fedavg(model, defense=make_aggregator("median", f=1), malicious=mal,
-                                 attack=make_attack("gaussian", sigma=10.0), lr=0.05), tiny_fed, 2)
+                                 attack=make_attack("gaussian", sigma=10.0), lr=0.05, coordinate_diagnostic=True),
+                   tiny_fed, 2)
     assert math.isnan(med["fpr"]) or med["det"]["tp"] == 0
     width = 1 if n % 2 else 2
     assert math.isclose(med["coord_keep_mal"] + (n - 1) * med["coord_keep_ben"], width, rel_tol=1e-4)

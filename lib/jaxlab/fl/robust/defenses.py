@@ -184,7 +184,8 @@ def coordinate_kept_share(updates, lo: int, hi: int) -> jax.Array:
     per-coordinate "detection" [our diagnostic]: an update whose values are trimmed away in most
     coordinates has been filtered out coordinate by coordinate. Ties are ranked by row index (the
     stable order), so every coordinate contributes exactly ``hi - lo`` kept entries and the shares
-    sum to ``hi - lo``. Jittable; two stable argsorts over ``[n, d]``."""
+    sum to ``hi - lo``. Jittable; two stable argsorts over ``[n, d]`` (measured 0.17 s at n=10, d=1.2e5 and
+    23 s at n=100, d=1e6 on 2 CPU cores, so the FL wrapper computes it only on request)."""
     g = jnp.asarray(updates)
     if g.ndim != 2:
         raise ValueError(f"updates must be [n, d], got shape {g.shape}")

@@ -16,7 +16,8 @@
   counts ``det = {tp, fp, fn, tn}`` (flagged = not kept by the rule; positive = malicious); for
   the coordinate-wise rules (median, trimmed mean), which flag nobody, ``coord = {mal, ben}``: the
   round's per-coordinate kept shares (:func:`jaxlab.fl.robust.defenses.coordinate_kept_share`)
-  summed over attackers and over honest clients (NaN for the other rules).
+  summed over attackers and over honest clients (NaN for the other rules, and unless
+  ``coordinate_diagnostic=True``).
 * BatchNorm statistics are not part of the update vector and stay with each client
   [our choice, spec pitfall 2; the default models have no BatchNorm].
 """
@@ -51,11 +52,14 @@ def detection_rates(det) -> dict:
 
 def robust_fedavg(model, *, defense: Aggregator, malicious, attack: Attack | None = None, lr: float = 0.05,
                   batch_size: int = 10, local_epochs: int = 1, server_lr: float = 1.0, root=None,
-                  name: str | None = None) -> Algorithm:
+                  name: str | None = None, coordinate_diagnostic: bool = False) -> Algorithm:
     """FedAvg with ``attack`` (an :class:`Attack` or a Pill-wrapped one) and ``defense``.
 
     ``malicious [N]`` bool marks the attackers among all N clients; ``root`` is
-    :func:`root_data` (needed by FLTrust, SkyMask and Pill's server-free variants)."""
+    :func:`root_data` (needed by FLTrust, SkyMask and Pill's server-free variants).
+    ``coordinate_diagnostic``: for the median and trimmed mean, record the per-coordinate kept
+    shares in ``server['coord']`` (off by default: its two argsorts cost 0.17 s per round at
+    n=10, d=1.2e5 and 23 s at n=100, d=1e6, against 0.001 / 0.11 s for the trimmed mean itself)."""
     malicious = np.asarray(malicious, bool)
     attack = attack or make_attack("none")
     local = LocalSGD(model, lr, batch_size, local_epochs)
@@ -96,7 +100,7 @@ def robust_fedavg(model, *, defense: Aggregator, malicious, attack: Attack | Non
                "fn": jnp.sum(~flagged & is_mal), "tn": jnp.sum(~flagged & ~is_mal)}
         # coordinate-wise rules (median, trimmed mean): each row's share of coordinates inside the
         # averaged rank window, summed over attackers and over honest clients (NaN for other rules)
-        window = coordinate_window(defense.name, g.shape[0], defense.f)
+        window = coordinate_window(defense.name, g.shape[0], defense.f) if coordinate_diagnostic else None
         if window is None:
             coord = {"mal": jnp.float32(jnp.nan), "ben": jnp.float32(jnp.nan)}
         else:
