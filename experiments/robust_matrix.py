@@ -153,25 +153,25 @@ def report(config, rows, wd: Workdir) -> dict:
         def colmean(m, j):
             return np.nan if np.all(np.isnan(m[:, j])) else float(np.nanmean(m[:, j]))
 
+        def half_as_often(mal, ben):
+            """The bypass criterion; None where nothing was recorded (NaN)."""
+            return None if np.isnan(mal) else bool(mal >= 0.5 * ben)
+
         prow, bypass_of, coord_bypass_of, base_bypass_of = [], {}, {}, {}
         eight = [d for d in PD if d not in ("fedavg", "skymask")]
         for j, d in enumerate(PD):
             keep_mal, keep_ben = colmean(fnr_p, j), 1.0 - colmean(fpr_p, j)
             none = by.get(("matrix", "none", d, False, fr0))
-            if np.isnan(keep_mal):
-                bypass, old = None, None
-            else:
-                bypass, old = bool(keep_mal >= 0.5 * keep_ben), bool(keep_mal > 0.5)
+            bypass = half_as_often(keep_mal, keep_ben)
+            old = None if bypass is None else bool(keep_mal > 0.5)
             bypass_of[d] = bypass
             # coordinate-wise rules: the same criterion on the share of coordinates the rule averaged
             c_mal, c_ben = colmean(ckm_p, j), colmean(ckb_p, j)
-            c_bypass = None if (bypass is not None or np.isnan(c_mal)) else bool(c_mal >= 0.5 * c_ben)
+            c_bypass = None if bypass is not None else half_as_often(c_mal, c_ben)
             coord_bypass_of[d] = c_bypass
             # the same criteria for the base attacks without Pill: what Pill adds over them
-            b_mal, b_ben = colmean(fnr_b, j), 1.0 - colmean(fpr_b, j)
-            cb_mal, cb_ben = colmean(ckm_b, j), colmean(ckb_b, j)
-            base_bypass_of[d] = (bool(b_mal >= 0.5 * b_ben) if not np.isnan(b_mal) else
-                                 bool(cb_mal >= 0.5 * cb_ben) if not np.isnan(cb_mal) else None)
+            b = half_as_often(colmean(fnr_b, j), 1.0 - colmean(fpr_b, j))
+            base_bypass_of[d] = b if b is not None else half_as_often(colmean(ckm_b, j), colmean(ckb_b, j))
             if bypass is not None:
                 verdict = str(bypass)
             elif c_bypass is not None:
