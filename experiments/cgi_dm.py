@@ -33,6 +33,7 @@ from jaxlab.data.digits import load_digits
 from jaxlab.diffusion import cgi, ddpm, fewshot, metrics
 from jaxlab.diffusion.unet import UNet2DModel, count_params
 from jaxlab.utils.checkpoint import Checkpointer
+from jaxlab.utils.experiment import check_choice, check_ints, check_number
 from jaxlab.utils.workdir import Workdir, markdown_table
 
 PRETRAIN_KEYS = ("seed", "resolution", "held_out_class", "channels", "schedule", "num_timesteps",
@@ -309,11 +310,40 @@ def _plot_recoveries(path, result, mask, n_show=8, n_phases=1):
     plt.close(fig)
 
 
+def _check_config(config) -> None:
+    """Rejects bad values with one ValueError naming the field, before pretraining starts and before the
+    workdir is touched (the splits' sizes are checked by :func:`_splits`, also before pretraining)."""
+    check_ints(config, "seed", low=0)
+    if config.held_out_class != 9:
+        raise ValueError(f"held_out_class={config.held_out_class!r} must be 9 (the classifier and the UNet's label "
+                         "set are built for digits 0-8 pretrained and 9 held out)")
+    check_ints(config, "num_timesteps", low=2)
+    check_ints(config, "pretrain_steps", "pretrain_batch", "classifier_steps", "n_members", "n_holdouts",
+               "finetune_steps", "finetune_batch", "pgd_steps", "mc_samples", "baseline_noise_draws")
+    check_ints(config, "t_max", low=0, why="0 = num_timesteps")
+    if config.t_max and not 2 <= config.t_max <= config.num_timesteps:
+        raise ValueError(f"t_max={config.t_max} must be 0 (= num_timesteps) or in [2, {config.num_timesteps}] "
+                         "(t is drawn from 1..t_max-1)")
+    check_number(config, "pretrain_lr", 0, low_open=True)
+    check_number(config, "finetune_lr", 0, low_open=True)
+    check_number(config, "pgd_rms", 0, low_open=True)
+    check_number(config, "pgd_steps_per_radius", 0, low_open=True)
+    check_number(config, "pre_weight", 0, 1, why="1 = the paper's contrast")
+    check_choice(config, "fill", ("zero", "blur"))
+    check_choice(config, "score", SCORES)
+    if config.noise != "shared":
+        raise ValueError(f"noise={config.noise!r}: the headline uses 'shared'; 'independent' is always run beside it")
+    check_choice(config, "schedule", ("linear", "cosine"))
+    fewshot.small_unet_config(config.resolution, 10, tuple(config.channels))  # resolution vs UNet levels
+    _phase_masks(config, _mask(config))  # mask, mask_cell, keep_fraction, mask_phases (cheap)
+
+
 def run(config, workdir) -> dict:
-    wd = Workdir(workdir)
+    _check_config(config)
     t_start = time.time()
     xp, yp, new = _data(config)
     splits = _splits(config, new)
+    wd = Workdir(workdir)
     model, pretrained, schedule, cached = _pretrained(wd, config, xp, yp)
     clf = _classifier(wd, config, xp, yp)
     mask = _mask(config)
@@ -328,8 +358,6 @@ def run(config, workdir) -> dict:
                   "cgi_independent": cgi.contrastive_objective(eps_fn, schedule, "independent", mc_samples=mc,
                                                                t_max=t_max),
                   "finetuned_only": cgi.finetuned_objective(eps_fn, schedule, mc_samples=mc, t_max=t_max)}
-    if config.noise != "shared":
-        raise ValueError(f"noise={config.noise!r}: the headline uses 'shared'; 'independent' is always run beside it")
     wd.write_config(config, pretrained_cached=cached, unet_params=count_params(pretrained),
                     pgd=pgd_cfg._asdict(), mask_kept_fraction=float(mask.mean()))
 

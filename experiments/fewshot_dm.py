@@ -27,10 +27,12 @@ from jaxlab.data.digits import load_digits
 from jaxlab.diffusion import bnn, ddpm, fewshot, metrics
 from jaxlab.diffusion.unet import UNet2DModel, count_params
 from jaxlab.utils.checkpoint import Checkpointer
+from jaxlab.utils.experiment import check_choice, check_ints, check_number
 from jaxlab.utils.workdir import Workdir, markdown_table
 
 PRETRAIN_KEYS = ("seed", "resolution", "held_out_class", "channels", "attention", "schedule", "num_timesteps",
                  "pretrain_steps", "pretrain_lr", "pretrain_batch")
+METHODS = ("plain", "bnn")  # fine-tuning methods (config.methods)
 
 
 # What the authors' released DreamBooth scripts fix (diffusion.md section 1a; LR/steps/sampler steps are at SD-1.5
@@ -219,7 +221,7 @@ def _finetune_run(wd, config, name, k, method, model, schedule, pretrained, data
     if method == "bnn":
         post, _ = _posterior(config, pretrained)
     elif method != "plain":
-        raise ValueError(f"method {method!r}: use 'plain' or 'bnn'")
+        raise ValueError(f"method {method!r}: use one of {METHODS}")
     prior = {}
     if config.prior_weight > 0:
         prior = dict(prior_images=data["pre_train"][0], prior_labels=data["pre_train"][1], prior_weight=config.prior_weight)
@@ -374,10 +376,59 @@ def _plot_samples(path, k, runs, n_show=16):
     plt.close(fig)
 
 
-def run(config, workdir) -> dict:
+def _check_config(config) -> None:
+    """Rejects bad values with one ValueError naming the field, before pretraining starts and before the
+    workdir is touched (e.g. shots=0 used to crash with a ZeroDivisionError after pretraining)."""
+    check_ints(config, "seed", low=0)
+    if config.held_out_class != 9:
+        raise ValueError(f"held_out_class={config.held_out_class!r} must be 9 (the classifier, the label check and "
+                         "the UNet's label set are built for digits 0-8 pretrained and 9 held out)")
+    check_ints(config, "num_timesteps", low=2)
+    check_ints(config, "pretrain_steps", "pretrain_batch", "classifier_steps", "eval_per_class", "finetune_steps",
+               "finetune_batch", "eval_every", "eval_samples")
+    check_ints(config, "sampler_steps", why="DDIM steps")
+    if config.sampler_steps > config.num_timesteps:
+        raise ValueError(f"sampler_steps={config.sampler_steps} must be <= num_timesteps={config.num_timesteps}")
+    check_ints(config, "residual_t", low=0)
+    if config.residual_t >= config.num_timesteps:
+        raise ValueError(f"residual_t={config.residual_t} must be < num_timesteps={config.num_timesteps}")
+    check_number(config, "pretrain_lr", 0, low_open=True)
+    check_number(config, "finetune_lr", 0, low_open=True)
+    check_number(config, "weight_decay", 0)
+    check_number(config, "prior_weight", 0, why="0 disables prior preservation")
+    check_number(config, "sampler_eta", 0, 1, why="0: deterministic DDIM, 1: DDPM-like")
+    check_number(config, "p_uncond", 0, 1, high_open=True)
+    check_number(config, "mem_threshold", 0, low_open=True)
     if float(config.get("guidance_scale", 1.0)) != 1.0 and _null_label(config) is None:
         raise ValueError(f"guidance_scale={config.guidance_scale} needs a model pretrained with an unconditional "
                          "class: set p_uncond > 0 (e.g. --config.p_uncond=0.1) in a fresh --workdir, or guidance_scale=1.0")
+    if not config.methods:
+        raise ValueError(f"methods={config.methods!r} is empty: use a subset of {METHODS}")
+    check_choice(config, "methods", METHODS)
+    if "bnn" in config.methods:
+        check_choice(config, "bnn.variant", ("mean_field", "lora"))
+        check_number(config, "bnn.init_sigma", 0)
+        check_number(config, "bnn.prior_sigma", 0, low_open=True)
+        check_number(config, "bnn.kl_weight", 0)
+        if config.bnn.variant == "lora":
+            check_ints(config, "bnn.lora_rank")
+    if not config.shots:
+        raise ValueError(f"shots={config.shots!r} is empty: give at least one K, e.g. --config.shots=\"(3,)\"")
+    check_choice(config, "schedule", ("linear", "cosine"))
+    _, y = load_digits(resolution=config.resolution)  # cached; also rejects a bad resolution
+    fewshot.small_unet_config(config.resolution, 10, tuple(config.channels), attention=tuple(config.attention))
+    n_new = int((np.asarray(y) == config.held_out_class).sum())
+    for k in config.shots:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"shots={k!r} must be an integer >= 1 (the number of fine-tuning images of the "
+                             "held-out class)")
+        if k > n_new:
+            raise ValueError(f"shots={k} exceeds the {n_new} images of class {config.held_out_class}: "
+                             f"use shots <= {n_new}")
+
+
+def run(config, workdir) -> dict:
+    _check_config(config)
     wd = Workdir(workdir)
     t_start = time.time()
     data = _split(config)
@@ -405,8 +456,6 @@ def run(config, workdir) -> dict:
 
     runs = {}
     for k in config.shots:
-        if k > len(new):
-            raise ValueError(f"shots={k} exceeds the {len(new)} images of class {config.held_out_class}")
         for method in config.methods:
             name = f"K{k}_{method}"
             rows, samples = _finetune_run(wd, config, name, k, method, model, schedule, params, data, clf, real_hf,
