@@ -35,6 +35,7 @@ from jaxlab.energy import meters as M
 from jaxlab.energy import profiler as P
 from jaxlab.energy import pruning as PR
 from jaxlab.energy import thor as T
+from jaxlab.utils.experiment import check_choice, check_ints, check_number
 from jaxlab.utils.progress import progress
 from jaxlab.utils.workdir import Workdir, markdown_table
 
@@ -177,6 +178,16 @@ def study_sim(cfg, wd: Workdir, log) -> dict:
 AL_POOL_SOURCES = ("design", "models")
 
 
+def _al_pool_source(sc) -> str:
+    """``sc.al_pool_source`` (``cfg.sim``), checked: a known source, and 'models' only with its own pool."""
+    src = sc.get("al_pool_source", "design")
+    if src not in AL_POOL_SOURCES:
+        raise ValueError(f"sim.al_pool_source={src!r}: use one of {AL_POOL_SOURCES}")
+    if src != "design" and sc.al_pool_chains < 1:
+        raise ValueError(f"sim.al_pool_source={src!r} needs a separate AL pool: set sim.al_pool_chains > 0")
+    return src
+
+
 def _al_pool(cfg, space):
     """The separate active-learning pool of ``cfg.sim`` and its held-out models: ``(chains, held)``.
 
@@ -186,9 +197,7 @@ def _al_pool(cfg, space):
     ``cfg.seed + 3000 + al_stream``), so the chains AL and random sampling choose from have the shapes,
     neighbours and batches of the families THOR is scored on; the held-out models stay the same."""
     sc = cfg.sim
-    src = sc.get("al_pool_source", "design")
-    if src not in AL_POOL_SOURCES:
-        raise ValueError(f"sim.al_pool_source={src!r}: use one of {AL_POOL_SOURCES}")
+    src = _al_pool_source(sc)
     if sc.al_pool_chains < 1:
         raise ValueError(f"sim.al_pool_chains={sc.al_pool_chains}: the separate AL pool needs >= 1 chain")
     rng = np.random.default_rng(cfg.seed + 1000 + sc.al_stream)
@@ -210,13 +219,11 @@ def _sim_al(cfg, space, meter, dev, chains, costs, held, truth) -> dict:
     strategies draw from the same pool. ``al_stream`` lets settings be chosen on one draw (pool,
     held-out models, seeds) and confirmed on a fresh one."""
     sc = cfg.sim
-    src = sc.get("al_pool_source", "design")
+    src = _al_pool_source(sc)
     if sc.al_pool_chains > 0:
         chains, held = _al_pool(cfg, space)
         costs = _profile_chains(meter, chains, None, "sim profile AL pool")
         truth = [dev.iteration_cost([p.cost_record() for p in P.place(n)]).joules for n in held]
-    elif src != "design":
-        raise ValueError(f"sim.al_pool_source={src!r} needs a separate AL pool: set sim.al_pool_chains > 0")
     else:
         src = "study"
     targets = None
@@ -261,14 +268,19 @@ def _cover_kinds(rng, space, chains, held, min_chains: int = 3, max_tries: int =
 CHAIN_SOURCES = ("design", "models", "mixed")
 
 
+def _chain_source(cw) -> str:
+    src = cw.get("chain_source", "design")
+    if src not in CHAIN_SOURCES:
+        raise ValueError(f"wall.chain_source={src!r}: use one of {CHAIN_SOURCES}")
+    return src
+
+
 def _wall_chains(cw, rng, space, seed):
     """The wall-clock profiling pool: ``cw.pool_chains`` chains from ``cw.chain_source``:
     'design' (:func:`thor.sample_chain`, random stacks over the design space), 'models'
     (:func:`thor.sample_model_chain`, windows of fresh random CNNs/MLPs, own stream) or 'mixed'
     (half each) [our choice, compared in the study]."""
-    src = cw.get("chain_source", "design")
-    if src not in CHAIN_SOURCES:
-        raise ValueError(f"wall.chain_source={src!r}: use one of {CHAIN_SOURCES}")
+    src = _chain_source(cw)
     n_models = {"design": 0, "models": cw.pool_chains, "mixed": cw.pool_chains // 2}[src]
     chains = [T.sample_chain(rng, space) for _ in range(cw.pool_chains - n_models)]
     mrng = np.random.default_rng(seed + 102)   # model windows: their own stream
@@ -285,6 +297,14 @@ _HELDOUT_PROTOCOL = {
     True: "[our choice] held-out models measured in {rounds} rounds spread evenly over the profiling ({interleave}); "
           "measured = median of the even rounds' windows pooled, repeat = the odd "
           "rounds': the truth is taken over the same span, so the same average machine state, as the profile"}
+
+
+def _heldout_rounds(cw) -> int:
+    rounds = int(cw.get("heldout_rounds", 0))
+    if rounds < 0 or rounds == 1:
+        raise ValueError(f"wall.heldout_rounds={rounds}: use 0 (held-out models measured after profiling) "
+                         "or >= 2 (rounds spread over the profiling; even rounds measure, odd rounds repeat)")
+    return rounds
 
 
 def _round_positions(n_chains: int, rounds: int) -> dict[int, list[int]]:
@@ -317,10 +337,7 @@ def study_wall(cfg, wd: Workdir, log):
     db = P.ProfileDB(wd.file("profile_db_wallclock.jsonl"))
     kw = dict(windows=cfg.wall.windows, min_window_s=cfg.wall.min_window_s)
     hk = dict(windows=cfg.wall.heldout_windows, min_window_s=cfg.wall.min_window_s)
-    rounds = int(cfg.wall.get("heldout_rounds", 0))
-    if rounds < 0 or rounds == 1:
-        raise ValueError(f"wall.heldout_rounds={rounds}: use 0 (held-out models measured after profiling) "
-                         "or >= 2 (rounds spread over the profiling; even rounds measure, odd rounds repeat)")
+    rounds = _heldout_rounds(cfg.wall)
     tags = ([f"heldout_round{r}" for r in range(0, rounds, 2)], [f"heldout_round{r}" for r in range(1, rounds, 2)])
     compiled: dict = {}
     at = _round_positions(len(chains), rounds)
@@ -550,7 +567,55 @@ def _frac(f) -> str:
     return "not reached" if f is None or not np.isfinite(f) else f"{f:.2f}"
 
 
+def _check_al(config, part: str, pool: int) -> None:
+    """Active-learning settings of ``config.<part>`` (``sim`` or ``wall``) against a pool of ``pool`` chains."""
+    check_ints(config, f"{part}.al_init", f"{part}.al_step", f"{part}.al_random_seeds")
+    a = config[part]
+    if not a.al_init <= min(a.al_max, pool):
+        raise ValueError(f"{part}.al_init={a.al_init} must be <= {part}.al_max={a.al_max} and <= the {pool} chains "
+                         "of the pool AL draws from")
+
+
+def _check_config(config) -> None:
+    """Rejects bad values with one ValueError naming the field, before any profiling and before the workdir
+    is touched (e.g. seed=-1 used to fail inside numpy after the workdir was written)."""
+    check_ints(config, "seed", low=0, why="seeds of numpy's generators")
+    check_ints(config, "gp_steps")
+    check_number(config, "floor_frac", 0, 1, low_open=True, why="cost floor as a fraction of the median cost")
+    check_number(config, "gp_hyper_prior_sd", 0, why="0: type-II ML fits")
+    if config.sim.enabled:
+        check_ints(config, "sim.pool_chains", "sim.heldout")
+        check_ints(config, "sim.al_pool_chains", "sim.al_seed_offset", "sim.al_stream", low=0)
+        check_number(config, "sim.noise", 0)
+        if 0.0 not in tuple(config.sim.gammas):
+            raise ValueError(f"sim.gammas={config.sim.gammas!r} must include 0.0 (the additive device every "
+                             "headline figure and the active-learning study use)")
+        check_choice(config, "sim.al_acquisition", T.ACQUISITIONS)
+        if config.sim.al_acquisition == "alc_models":
+            check_ints(config, "sim.al_targets")
+        _al_pool_source(config.sim)
+        _check_al(config, "sim", config.sim.al_pool_chains or config.sim.pool_chains)
+    if config.wall.enabled:
+        check_ints(config, "wall.pool_chains", "wall.heldout", "wall.windows", "wall.heldout_windows",
+                   "wall.loss_windows")
+        check_ints(config, "wall.heldout_group", "wall.al_max", low=0)
+        check_number(config, "wall.min_window_s", 0)
+        check_number(config, "wall.max_train_flops", 0, low_open=True)
+        _chain_source(config.wall)
+        _heldout_rounds(config.wall)
+        if config.wall.al_max > 0:
+            _check_al(config, "wall", config.wall.pool_chains)
+    if config.prune.enabled:
+        check_ints(config, "prune.batch", "prune.epochs")
+        check_ints(config, "prune.finetune_epochs", "prune.extra_chains", low=0)
+        check_number(config, "prune.width", 0, low_open=True)
+        check_number(config, "prune.budget", 0, 1, low_open=True, high_open=True,
+                     why="target share of the original predicted cost")
+        check_number(config, "prune.lr", 0, low_open=True)
+
+
 def run(config, workdir) -> dict:
+    _check_config(config)
     wd = Workdir(workdir)
     wd.write_config(config, meters_detected=M.detect_meters())
     counter = iter(range(10 ** 9))
