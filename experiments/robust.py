@@ -21,16 +21,18 @@ import time
 import jax
 import numpy as np
 
-from jaxlab.data import load_dataset
+from jaxlab.data import DATASETS, load_dataset
+from jaxlab.data.partition import SCHEMES
 from jaxlab.fl.algorithm import data_spec_of
 from jaxlab.fl.algorithms.common import init_variables
-from jaxlab.fl.robust.attacks import make_attack
+from jaxlab.fl.robust.attacks import ATTACKS, make_attack
 from jaxlab.fl.robust.data import make_fang_federated, split_root
-from jaxlab.fl.robust.defenses import make_aggregator, max_admissible_f
+from jaxlab.fl.robust.defenses import DEFENSES, REFERENCES, make_aggregator, max_admissible_f
 from jaxlab.fl.robust.fl import backdoor_success, robust_fedavg, root_data, simulate
 from jaxlab.fl.robust.flat import flattener
 from jaxlab.fl.robust.pill import pill_attack
 from jaxlab.fl.robust.skymask import root_loss_fn, skymask_aggregator
+from jaxlab.utils.experiment import check_choice, check_ints, check_number
 from jaxlab.utils.workdir import Workdir, markdown_table
 
 F_RULES = ("krum", "multikrum", "bulyan", "median", "trimmed_mean", "dnc")
@@ -145,7 +147,44 @@ def fmt(v, pct=True):
     return f"{100 * v:.1f}" if pct else f"{v:.3f}"
 
 
+RULES = DEFENSES + REFERENCES + ("skymask",)  # the names build_defense accepts
+
+
+def check_config(config) -> None:
+    """Rejects bad values of a robust.py / robust_matrix.py config (one preset file serves both) with one
+    ValueError naming the field, before the data are loaded, any cell runs or the workdir is touched."""
+    check_ints(config, "seed", "root_size", "eval_every", low=0)
+    check_ints(config, "num_clients", "batch_size", "local_epochs", "rounds")
+    check_number(config, "lr", 0, low_open=True)
+    check_number(config, "server_lr", 0, low_open=True)
+    check_number(config, "join_ratio", 0, 1, low_open=True, why="fraction of the clients in a round")
+    check_number(config, "attacker_fraction", 0, 1, high_open=True)
+    check_number(config, "cclip_tau", 0, low_open=True)
+    check_number(config, "skymask_lr", 0, low_open=True)
+    check_choice(config, "dataset", DATASETS)
+    check_choice(config, "model", ("mlp", "cnn"))
+    check_choice(config, "partition", ("fang",) + SCHEMES)
+    if config.partition == "fang":
+        check_number(config, "bias", 0, 1, why="Fang et al.'s bias: share of a client's data from its own group")
+    for field in ("attacks", "pill_attacks", "sweep_attacks", "pill_dose_attacks"):
+        check_choice(config, field, ATTACKS)
+    for field in ("defenses", "pill_defenses", "sweep_defenses", "pill_dose_defenses"):
+        check_choice(config, field, RULES)
+    for fr in config.get("fractions", ()):
+        if not 0.0 < fr < 1.0:
+            raise ValueError(f"fractions has {fr!r}: each attacker fraction must be in (0, 1)")
+    for x in config.get("pill_doses", ()):
+        if not x >= 0:
+            raise ValueError(f"pill_doses has {x!r}: each pill_norm dose must be >= 0")
+    # the Pill settings and the attacker knowledge, checked by the Pill constructor itself
+    ps = pill_settings(config)
+    pill_attack(make_attack("none"), search=ps["search"], tail=ps["tail"], fallback=ps["fallback"],
+                pill_base=ps["pill_base"], carrier_mix=ps["carrier_mix"], benign_quantile=ps["benign_quantile"],
+                knowledge=ps["knowledge"], pill_norm=config.get("pill_norm", 1.0))
+
+
 def run(config, workdir) -> dict:
+    check_config(config)
     wd = Workdir(workdir)
     wd.write_config(config)
     s = setup(config)

@@ -41,7 +41,7 @@ import math
 
 import numpy as np
 
-from experiments.robust import fmt, pill_settings, run_cell, setup
+from experiments.robust import check_config, fmt, pill_settings, run_cell, setup
 from jaxlab.fl.robust.pill import DESIGN as PILL_DESIGN
 from jaxlab.utils.workdir import Workdir, markdown_table
 
@@ -293,6 +293,7 @@ def report(config, rows, wd: Workdir) -> dict:
 def run(config, workdir) -> dict:
     from jaxlab.utils.progress import progress
 
+    check_config(config)
     wd = Workdir(workdir)
     wd.write_config(config)
     # Pill cells of an earlier Pill design or other Pill settings are stale: run them again

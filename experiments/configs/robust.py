@@ -248,5 +248,6 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
         c.sweep_defenses = ("fedavg", "krum", "median", "fltrust", "skymask")
         c.sweep_attacks = ("fang_trim", "fang_krum", "min_max", "min_sum")
     else:
-        raise ValueError(f"unknown preset {preset!r}: choose 'quick', 'matrix', 'skymask', 'skymask_adaptive', 'pill', 'pill_cnn' or 'paper'")
+        raise ValueError(f"unknown preset {preset!r}: choose 'quick', 'matrix', 'skymask', 'skymask50', "
+                         "'skymask_adaptive', 'pill', 'pill_cnn' or 'paper'")
     return c
