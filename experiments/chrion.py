@@ -29,6 +29,9 @@ import time
 import numpy as np
 
 from jaxlab.serving.cost import host_device_count_flag
+from jaxlab.utils.experiment import check_ints, check_number
+
+CELLS = ("LSTM", "GRU", "RNN")  # jaxlab.serving.onnx_import.make_rnn_model
 
 
 def _ensure_flag(n: int):
@@ -253,8 +256,39 @@ def _run_model(mcfg, config, devices, wd, step, make_gantt):
     return model_row, rows, step + 1
 
 
+def _check_config(config) -> None:
+    """Rejects bad values with one ValueError naming the field, before a subprocess is started, anything is
+    profiled or the workdir is touched."""
+    check_ints(config, "seed", low=0)
+    check_ints(config, "host_devices", "profile_repeats", "calibration_max_ops", "calibration_samples",
+               "search_evals", "runs", "poisson_requests")
+    check_number(config, "search_time_s", 0, low_open=True)
+    check_number(config, "slo_scale", 0, low_open=True, why="SLO = slo_scale x accelerator-only latency")
+    check_number(config, "k_sigma", 0)
+    check_number(config, "poisson_load", 0, low_open=True, why="arrival rate / latency-optimal p50 throughput")
+    check_number(config, "emulate.launch_s", 0)
+    check_number(config, "emulate.speed_factor", 0, low_open=True)
+    check_number(config, "emulate.link_alpha_s", 0)
+    check_number(config, "emulate.link_beta_Bps", 0, low_open=True)
+    check_ints(config, "exact.random_graphs", low=0)
+    check_ints(config, "exact.nodes", "exact.model_seq_len", "exact.model_hidden")
+    check_number(config, "exact.time_limit_s", 0, low_open=True)
+    if not config.models:
+        raise ValueError("models is empty: give at least one RNN (see experiments/configs/chrion.py)")
+    for i, m in enumerate(config.models):
+        m = dict(m)
+        if m.get("cell") not in CELLS:
+            raise ValueError(f"models[{i}].cell={m.get('cell')!r}: use one of {CELLS}")
+        for key in ("hidden", "layers", "seq_len", "batch", "input_size"):
+            v = m.get(key)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"models[{i}].{key}={v!r} must be an integer >= 1")
+
+
 def run(config, workdir) -> dict:
     from jaxlab.utils.workdir import Workdir, markdown_table
+
+    _check_config(config)
 
     # XLA_FLAGS is never changed inside a shared process (tour, tests): without enough devices the
     # run moves to a subprocess; the command-line entry sets the flag before jax is imported.

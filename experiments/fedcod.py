@@ -25,9 +25,14 @@ import time
 import numpy as np
 
 from jaxlab.fl.comm import netem
+from jaxlab.utils.experiment import check_choice, check_ints, check_number
 from jaxlab.utils.workdir import Workdir, markdown_table
 
 __all__ = ["run", "tour_row", "builtin_trace"]
+
+SCENARIOS = ("wan", "homogeneous", "trace", "link_drop", "kill")
+TASKS = ("digits_mlp", "jaxlab_fedavg")
+BACKENDS = ("auto", "netns", "loopback")
 
 
 def builtin_trace(n_clients: int, rounds_s: float, seed: int = 0) -> list[dict]:
@@ -80,7 +85,7 @@ def _scenario(config, name: str, wd: Workdir | None = None):
         return wan, [], [{"kind": "link_down", "node": min(3, n - 1), "round": min(2, config.rounds - 1), "after_s": 0.5}]
     if name == "kill":  # client 5 is SIGKILLed 1 s into round 2
         return wan, [], [{"kind": "kill", "node": min(5, n - 1), "round": min(2, config.rounds - 1), "after_s": 1.0}]
-    raise ValueError(f"scenario {name!r} unknown; use wan, homogeneous, trace, link_drop, kill")
+    raise ValueError(f"scenario {name!r} unknown; use one of {SCENARIOS}")
 
 
 def _mean(xs):
@@ -164,7 +169,35 @@ def _plots(wd: Workdir, results: dict, scenarios: list[str]) -> None:
     plt.close(fig)
 
 
+def _check_config(config) -> None:
+    """Rejects bad values with one ValueError naming the field, before any silo process starts and before
+    the workdir is touched (an unknown scenario used to stop the run after the earlier scenarios ran)."""
+    check_ints(config, "seed", low=0)
+    check_ints(config, "n_clients", low=2)
+    check_ints(config, "k", low=0, why="coded blocks per update; 0 = n_clients")
+    check_ints(config, "hidden", "local_epochs", "rounds")
+    check_ints(config, "r0", "r_thres", "r_delta", low=0)
+    check_number(config, "lr", 0, low_open=True)
+    check_number(config, "clip", 0, low_open=True, why="fixed-point range of an update entry")
+    for name in ("server_mbit", "homogeneous_mbit", "upload_timeout_s", "round_timeout_s", "repair_s"):
+        check_number(config, name, 0, low_open=True)
+    check_number(config, "server_delay_ms", 0)
+    check_number(config, "homogeneous_delay_ms", 0)
+    for name, low_open in (("c2c_mbit", True), ("c2c_delay_ms", False)):
+        lo_hi = tuple(config[name])
+        if len(lo_hi) != 2 or not (lo_hi[0] > 0 if low_open else lo_hi[0] >= 0) or lo_hi[0] > lo_hi[1]:
+            raise ValueError(f"{name}={lo_hi!r} must be a (low, high) range with "
+                             f"{'0 <' if low_open else '0 <='} low <= high")
+    check_choice(config, "download", ("recode", "forward"))
+    check_choice(config, "backend", BACKENDS)
+    check_choice(config, "task", TASKS)
+    if not config.scenarios:
+        raise ValueError(f"scenarios is empty: use some of {SCENARIOS}")
+    check_choice(config, "scenarios", SCENARIOS)
+
+
 def run(config, workdir) -> dict:
+    _check_config(config)
     wd = Workdir(workdir)
     backend = config.backend
     note = ""
@@ -176,8 +209,6 @@ def run(config, workdir) -> dict:
             raise RuntimeError(f"backend='netns' requested but {why}; use --config.backend=loopback")
         else:
             backend, note = "loopback", f"network namespaces unavailable ({why}); loopback with token-bucket shaping"
-    elif backend != "loopback":
-        raise ValueError(f"config.backend={backend!r}: use auto, netns or loopback")
     if note:
         print(f"[fedcod] {note}")
     wd.write_config(config, backend=backend, note=note)

@@ -80,9 +80,33 @@ def plot_accuracy(rows_by_name: dict, path: str, title: str = "") -> str:
     return path
 
 
+def _check_config(config) -> None:
+    """Rejects bad values with one ValueError naming the field, before the data are loaded and before the
+    workdir is touched (e.g. checkpoint_every=0 used to crash with a modulo by zero after the first round)."""
+    from jaxlab.data import DATASETS
+    from jaxlab.data.partition import SCHEMES
+    from jaxlab.fl.algorithms import ALGORITHMS
+    from jaxlab.fl.executors import STRATEGIES
+    from jaxlab.models import MODELS
+    from jaxlab.utils.experiment import check_choice, check_ints, check_number
+
+    check_ints(config, "seed", "partition_seed", low=0)
+    check_ints(config, "rounds", low=0, why="0 evaluates the initial model only")
+    check_ints(config, "num_clients", "batch_size", "local_epochs", "checkpoint_every")
+    check_number(config, "lr", 0, low_open=True)
+    check_number(config, "join_ratio", 0, 1, low_open=True, why="fraction of the clients in a round")
+    if config.dataset != "shared" and not config.dataset.startswith("pfllib:"):
+        check_choice(config, "dataset", DATASETS + ("shared", "pfllib:<dir>"))
+        check_choice(config, "partition", SCHEMES)
+    check_choice(config, "algorithm", sorted(ALGORITHMS))
+    check_choice(config, "model", sorted(MODELS))
+    check_choice(config, "strategy", STRATEGIES)
+
+
 def run(config, workdir: str, stop_after: int | None = None) -> dict:
     from jaxlab.data import partition_table, plot_partition
 
+    _check_config(config)
     wd = Workdir(workdir)
     sim, data = build(config)
     wd.write_config(config, strategy_resolved=sim.strategy, data=data.name, num_clients=data.num_clients,
