@@ -335,15 +335,16 @@ def study_wall(cfg, wd: Workdir, log):
     chains = _cover_kinds(rng, space, chains, held)
     meter = M.wallclock_meter()
     db = P.ProfileDB(wd.file("profile_db_wallclock.jsonl"))
-    kw = dict(windows=cfg.wall.windows, min_window_s=cfg.wall.min_window_s)
-    hk = dict(windows=cfg.wall.heldout_windows, min_window_s=cfg.wall.min_window_s)
+    stat = cfg.wall.get("statistic", "median")
+    kw = dict(windows=cfg.wall.windows, min_window_s=cfg.wall.min_window_s, statistic=stat)
+    hk = dict(windows=cfg.wall.heldout_windows, min_window_s=cfg.wall.min_window_s, statistic=stat)
     rounds = _heldout_rounds(cfg.wall)
     tags = ([f"heldout_round{r}" for r in range(0, rounds, 2)], [f"heldout_round{r}" for r in range(1, rounds, 2)])
     compiled: dict = {}
     at = _round_positions(len(chains), rounds)
 
     # a difference of a few us between two ~60 us steps: more windows than a chain's [our choice]
-    lk = dict(windows=int(cfg.wall.get("loss_windows", 31)), min_window_s=cfg.wall.min_window_s)
+    lk = dict(windows=int(cfg.wall.get("loss_windows", 31)), min_window_s=cfg.wall.min_window_s, statistic=stat)
     loss_nets = [n for b in sorted({h.batch for h in held} | set(space.batches)) for n in P.loss_pair(b)]
 
     # heldout_group > 0 [our choice]: each round interleaves groups of that many models of similar training FLOPs,
@@ -399,6 +400,7 @@ def study_wall(cfg, wd: Workdir, log):
             "meter": ("wallclock: wall seconds per training iteration (time, not energy)" if clock == "meter" else
                       "cputime: process CPU seconds per training iteration, from the same windows (time, not energy)"),
             "pool_chains": len(chains), "heldout_models": len(held), "profile_seconds": t_prof,
+            "window_statistic": stat,
             "mape_thor": res["thor"], "mape_flops": res["flops"], "mape_neuralpower": res["neuralpower"],
             "per_family": res["per_family"], "band_coverage": res["band_coverage"],
             "thor_vs_flops_reduction": 1.0 - res["thor"] / res["flops"],
@@ -446,7 +448,7 @@ def study_prune(cfg, wd: Workdir, log, meter, db, chains, costs) -> dict:
         start = int(rng.integers(0, len(net.layers) - 3))
         shape = P.place(net._replace(num_classes=None))[start].in_shape
         extra.append(P.Network(shape, net.layers[start:start + 3], pc.batch))
-    kw = dict(windows=cfg.wall.windows, min_window_s=cfg.wall.min_window_s)
+    kw = dict(windows=cfg.wall.windows, min_window_s=cfg.wall.min_window_s, statistic=cfg.wall.get("statistic", "median"))
     _profile_chains(meter, extra, db, "profile CNN-shaped chains", **kw)
     extra_costs = [[m.seconds for m in P.measure_networks(meter, P.prefixes(c), db, clock="cpu", **kw)] for c in extra]
     all_chains, all_costs = list(chains) + extra, list(costs) + extra_costs
@@ -477,7 +479,8 @@ def study_prune(cfg, wd: Workdir, log, meter, db, chains, costs) -> dict:
     # measured together (windows interleaved) three times, so load changes on the shared CPU hit all alike
     names = ("original", "energy_aware", "l1_equal_flops")
     for rep in range(3):
-        pk = dict(windows=cfg.wall.heldout_windows, min_window_s=cfg.wall.min_window_s, tag=f"prune{rep}")
+        pk = dict(windows=cfg.wall.heldout_windows, min_window_s=cfg.wall.min_window_s, tag=f"prune{rep}",
+                  statistic=cfg.wall.get("statistic", "median"))
         ms = P.measure_networks(meter, [res[n]["_net"] for n in names], db, **pk)
         cs = P.measure_networks(meter, [res[n]["_net"] for n in names], db, clock="cpu", **pk)
         for name, m, c in zip(names, ms, cs):
@@ -600,6 +603,7 @@ def _check_config(config) -> None:
                    "wall.loss_windows")
         check_ints(config, "wall.heldout_group", "wall.al_max", low=0)
         check_number(config, "wall.min_window_s", 0)
+        check_choice(config, "wall.statistic", tuple(P.WINDOW_STATISTICS))
         check_number(config, "wall.max_train_flops", 0, low_open=True)
         _chain_source(config.wall)
         _heldout_rounds(config.wall)

@@ -133,6 +133,17 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     c.wall.heldout = 24
     c.wall.windows = 9
     c.wall.min_window_s = 0.02
+    # how each measurement's windows become one time (profiler.WINDOW_STATISTICS): 'median' or 'min'; read
+    # from the database's per-window times, so a finished study re-derives with the other one without
+    # measuring again (same --workdir or a copy of its profile_db_wallclock.jsonl). Measured 2026-12-07, not
+    # adopted: fresh seeds 9 / 10 (this preset with --config.sim.enabled=False --config.prune.enabled=False
+    # --config.wall.al_max=0 --config.seed=S, 635 / 599 s), then the same databases re-derived with
+    # --config.wall.statistic=min: THOR wall MAPE 16.58 / 13.23% (median) against 12.86 / 19.71% (min), repeat
+    # floor 11.10 / 9.16% against 7.47 / 5.60%, FLOPs 54.5 / 76.4% against 64.4 / 85.9%, NeuralPower 34.5 / 33.7%
+    # against 38.5 / 76.8%; seed 9's MLPs 16.3 -> 6.3% but its CNNs 16.9 -> 19.5%, seed 10 worse in both families.
+    # The minimum steadies each measurement (lower floor), but a sum of per-layer differences of minima is not the
+    # minimum of the whole model's windows, so the estimator's own error grows on one draw of two.
+    c.wall.statistic = "median"
     c.wall.heldout_windows = 11  # per measurement (per round when heldout_rounds > 0)
     c.wall.loss_term = True  # profile the classifier loss (CE vs the variants' readout) as its own term (profiler.loss_pair)
     c.wall.loss_windows = 31  # windows of the loss pairs (a small difference of two small costs)

@@ -180,3 +180,38 @@ def test_pooled_measurements_take_the_median_of_all_rounds_windows(tmp_path):
         P.pooled_measurements(meter, nets, db, ["r0", "r2"], **kw)
     with pytest.raises(ValueError, match="tags is empty"):
         P.pooled_measurements(meter, nets, db, [], **kw)
+
+
+def test_window_statistic_min_reads_the_same_windows(tmp_path):
+    """statistic='min' is the least of the recorded windows, for fresh and cached records, wall and CPU,
+    single and pooled; it is not part of the DB key (one measurement serves both statistics)."""
+    db = P.ProfileDB(str(tmp_path / "db.jsonl"))
+    meter = M.wallclock_meter()
+    nets = [Network((6,), (Dense(4),), batch=2), Network((6,), (Dense(8), Act()), batch=2)]
+    kw = dict(windows=4, min_window_s=0.001)
+    fresh = P.measure_networks(meter, nets, db, tag="r0", statistic="min", **kw)
+    assert len(db) == 2
+    med = P.measure_networks(meter, nets, db, tag="r0", **kw)                 # cached: no new record
+    again = P.measure_networks(meter, nets, db, tag="r0", statistic="min", **kw)
+    cpu = P.measure_networks(meter, nets, db, tag="r0", statistic="min", clock="cpu", **kw)
+    P.measure_networks(meter, nets, db, tag="r1", **kw)
+    pooled = P.pooled_measurements(meter, nets, db, ["r0", "r1"], statistic="min", **kw)
+    assert len(db) == 4
+    for i, n in enumerate(nets):
+        recs = [db.get(P.network_key(n, meter.name, dict(kw, tag=t, interleaved=True))) for t in ("r0", "r1")]
+        w = recs[0]["windows_s"]
+        assert fresh[i].seconds == again[i].seconds == min(w)
+        assert med[i].seconds == recs[0]["seconds"] == pytest.approx(float(np.median(w)))
+        assert min(w) <= med[i].seconds and (min(w) < med[i].seconds or len(set(w)) == 1)
+        assert cpu[i].seconds == min(recs[0]["cpu_windows_s"])
+        assert pooled[i].seconds == min(recs[0]["windows_s"] + recs[1]["windows_s"])
+    with pytest.raises(ValueError, match="statistic='mean'"):
+        P.measure_networks(meter, nets, db, tag="r0", statistic="mean", **kw)
+    with pytest.raises(ValueError, match="statistic='p10'"):
+        P.pooled_measurements(meter, nets, db, ["r0"], statistic="p10", **kw)
+    # a record written before windows were kept cannot give a minimum: one clear error, the record stays
+    k = P.network_key(nets[0], meter.name, dict(kw, tag="old", interleaved=True))
+    db.put({"key": k, "meter": meter.name, "joules": None, "seconds": 1e-4})
+    with pytest.raises(ValueError, match="no 'windows_s'"):
+        P.measure_networks(meter, nets[:1], db, tag="old", statistic="min", **kw)
+    assert P.measure_networks(meter, nets[:1], db, tag="old", **kw)[0].seconds == 1e-4

@@ -44,6 +44,7 @@ __all__ = [
     "Network", "PlacedLayer", "place", "layer_kind", "feature_vector", "fixed_features",
     "network_train_flops", "spec_to_json", "spec_from_json", "network_to_json", "network_from_json",
     "network_key", "SpecNet", "make_train_step", "ProfileDB", "measure_network", "measure_networks", "prefixes",
+    "WINDOW_STATISTICS",
     "LayerSample", "chain_samples", "loss_features", "loss_pair", "loss_sample", "cost_terms",
 ]
 
@@ -453,6 +454,19 @@ class ProfileDB:
                 os.fsync(f.fileno())
 
 
+# How a measurement's per-window times become one figure [our choice per study, recorded in its summary].
+# 'median': robust to bursts in either direction. 'min': the least disturbed window; on a shared machine other
+# load only ever adds time, so the minimum is the steadiest estimate of the step's own cost (the usual choice
+# of timeit). Both read the same windows, so a study can be re-derived with either from its database.
+WINDOW_STATISTICS = {"median": statistics.median, "min": min}
+
+
+def _window_statistic(statistic: str) -> Callable[[Sequence[float]], float]:
+    if statistic not in WINDOW_STATISTICS:
+        raise ValueError(f"statistic={statistic!r}: use one of {tuple(WINDOW_STATISTICS)}")
+    return WINDOW_STATISTICS[statistic]
+
+
 def measure_network(meter: Meter, net: Network, db: ProfileDB | None = None, *, windows: int = 5,
                     min_window_s: float = 0.05, warmup: int = 2, tag: str = "") -> Measurement:
     """Per-iteration cost of training ``net`` under ``meter`` (re-used from ``db`` when present).
@@ -489,7 +503,7 @@ def _interleaved_key(net: Network, meter_name: str, windows: int, min_window_s: 
 
 def measure_networks(meter: Meter, nets: Sequence[Network], db: ProfileDB | None = None, *, windows: int = 9,
                      min_window_s: float = 0.02, warmup: int = 2, tag: str = "", clock: str = "meter",
-                     compiled: dict | None = None) -> list[Measurement]:
+                     compiled: dict | None = None, statistic: str = "median") -> list[Measurement]:
     """Per-iteration costs of several networks, measured together with interleaved windows.
 
     Networks already in ``db`` are read back; the others are compiled (each its own jitted step)
@@ -500,8 +514,15 @@ def measure_networks(meter: Meter, nets: Sequence[Network], db: ProfileDB | None
     (same measurement, same DB record). ``compiled`` (a dict the caller keeps) caches the compiled
     training steps by network, so measuring the same networks again (e.g. in rounds spread over a
     long study) does not compile them again.
+
+    ``statistic`` (see :data:`WINDOW_STATISTICS`) reduces each network's per-window seconds to one
+    figure when the result is read: ``'median'`` (the DB record's own ``seconds``) or ``'min'``.
+    It is not part of the DB key, so one measurement serves both. It applies to time only
+    (``joules`` stay the meter's median).
     """
     from jaxlab.energy.meters import measure_interleaved
+
+    reduce_windows = _window_statistic(statistic)
 
     if meter.simulate is not None:
         return [measure_network(meter, n, db, tag=tag) for n in nets]
@@ -521,23 +542,31 @@ def measure_networks(meter: Meter, nets: Sequence[Network], db: ProfileDB | None
         ms = measure_interleaved(meter, steps, [(state, 0.0) for _, state, _ in built], warmup=warmup,
                                  windows=windows, min_window_s=min_window_s, stats=stats)
         for i, m, st in zip(todo, ms, stats):
+            rec = {"key": keys[i], "meter": meter.name, "network": network_to_json(nets[i]),
+                   "joules": None if math.isnan(m.joules) else m.joules, "seconds": m.seconds,
+                   "rel_spread": st["rel_spread"], "iters": st["iters"], "windows_s": st["windows_s"],
+                   "cpu_seconds": st["cpu_seconds"], "cpu_windows_s": st["cpu_windows_s"],
+                   "cpu_rel_spread": st["cpu_rel_spread"], "interleaved_with": len(todo), "unix": time.time()}
             if db is not None:
-                db.put({"key": keys[i], "meter": meter.name, "network": network_to_json(nets[i]),
-                        "joules": None if math.isnan(m.joules) else m.joules, "seconds": m.seconds,
-                        "rel_spread": st["rel_spread"], "iters": st["iters"], "windows_s": st["windows_s"],
-                        "cpu_seconds": st["cpu_seconds"], "cpu_windows_s": st["cpu_windows_s"],
-                        "cpu_rel_spread": st["cpu_rel_spread"], "interleaved_with": len(todo), "unix": time.time()})
-            fresh[i] = (m, st["cpu_seconds"])
+                db.put(rec)
+            fresh[i] = (m, st["cpu_seconds"], rec)
     if clock not in ("meter", "cpu"):
         raise ValueError(f"clock={clock!r}: use 'meter' or 'cpu'")
     out = []
     for i, k in enumerate(keys):
         if i in fresh:
-            m, cpu_s = fresh[i]
+            m, cpu_s, rec = fresh[i]
         else:
-            r = db.get(k)
-            m = Measurement(float(r["joules"]) if r["joules"] is not None else float("nan"), float(r["seconds"]))
-            cpu_s = r.get("cpu_seconds")
+            rec = db.get(k)
+            m = Measurement(float(rec["joules"]) if rec["joules"] is not None else float("nan"), float(rec["seconds"]))
+            cpu_s = rec.get("cpu_seconds")
+        if statistic != "median":
+            field = "windows_s" if clock == "meter" else "cpu_windows_s"
+            if not rec.get(field):
+                raise ValueError(f"statistic={statistic!r} needs the per-window times, and the DB record {k} has no "
+                                 f"{field!r} (measured by an older version): use statistic='median' or delete the DB line")
+            v = float(reduce_windows(rec[field]))
+            m, cpu_s = (Measurement(m.joules, v), cpu_s) if clock == "meter" else (m, v)
         if clock == "cpu":
             if cpu_s is None:
                 raise ValueError(f"DB record {k} has no CPU time (measured by an older version); delete the DB line")
@@ -547,9 +576,11 @@ def measure_networks(meter: Meter, nets: Sequence[Network], db: ProfileDB | None
 
 
 def pooled_measurements(meter: Meter, nets: Sequence[Network], db: ProfileDB, tags: Sequence[str], *,
-                        windows: int = 9, min_window_s: float = 0.02, clock: str = "meter") -> list[Measurement]:
+                        windows: int = 9, min_window_s: float = 0.02, clock: str = "meter",
+                        statistic: str = "median") -> list[Measurement]:
     """Per-iteration costs of ``nets`` from measurements already in ``db`` under several ``tags``
-    (e.g. rounds taken at different times): the median of all their windows pooled.
+    (e.g. rounds taken at different times): the median (``statistic``, see
+    :data:`WINDOW_STATISTICS`) of all their windows pooled.
 
     A median over windows spread across a long study follows the machine's average state over
     that span instead of its state during one short measurement. Raises ``KeyError`` naming the
@@ -559,6 +590,7 @@ def pooled_measurements(meter: Meter, nets: Sequence[Network], db: ProfileDB, ta
         raise ValueError(f"clock={clock!r}: use 'meter' or 'cpu'")
     if not tags:
         raise ValueError("pooled_measurements: tags is empty")
+    reduce_windows = _window_statistic(statistic)
     field = "windows_s" if clock == "meter" else "cpu_windows_s"
     out = []
     for n in nets:
@@ -569,7 +601,7 @@ def pooled_measurements(meter: Meter, nets: Sequence[Network], db: ProfileDB, ta
                 raise KeyError(f"no {field} for tag {tag!r} of network {network_to_json(n)} in {db.path}: "
                                "measure it with measure_networks(..., tag=...) first")
             pooled += list(r[field])
-        out.append(Measurement(float("nan"), float(statistics.median(pooled))))
+        out.append(Measurement(float("nan"), float(reduce_windows(pooled))))
     return out
 
 
