@@ -313,18 +313,13 @@ def _plot_recoveries(path, result, mask, n_show=8, n_phases=1):
 def _check_config(config) -> None:
     """Rejects bad values with one ValueError naming the field, before pretraining starts and before the
     workdir is touched (the splits' sizes are checked by :func:`_splits`, also before pretraining)."""
-    check_ints(config, "seed", low=0)
-    if config.held_out_class != 9:
-        raise ValueError(f"held_out_class={config.held_out_class!r} must be 9 (the classifier and the UNet's label "
-                         "set are built for digits 0-8 pretrained and 9 held out)")
-    check_ints(config, "num_timesteps", low=2)
-    check_ints(config, "pretrain_steps", "pretrain_batch", "classifier_steps", "n_members", "n_holdouts",
-               "finetune_steps", "finetune_batch", "pgd_steps", "mc_samples", "baseline_noise_draws")
+    fewshot.check_digits_pretraining(config)
+    check_ints(config, "n_members", "n_holdouts", "finetune_steps", "finetune_batch", "pgd_steps", "mc_samples",
+               "baseline_noise_draws")
     check_ints(config, "t_max", low=0, why="0 = num_timesteps")
     if config.t_max and not 2 <= config.t_max <= config.num_timesteps:
         raise ValueError(f"t_max={config.t_max} must be 0 (= num_timesteps) or in [2, {config.num_timesteps}] "
                          "(t is drawn from 1..t_max-1)")
-    check_number(config, "pretrain_lr", 0, low_open=True)
     check_number(config, "finetune_lr", 0, low_open=True)
     check_number(config, "pgd_rms", 0, low_open=True)
     check_number(config, "pgd_steps_per_radius", 0, low_open=True)
@@ -333,8 +328,6 @@ def _check_config(config) -> None:
     check_choice(config, "score", SCORES)
     if config.noise != "shared":
         raise ValueError(f"noise={config.noise!r}: the headline uses 'shared'; 'independent' is always run beside it")
-    check_choice(config, "schedule", ("linear", "cosine"))
-    fewshot.small_unet_config(config.resolution, 10, tuple(config.channels))  # resolution vs UNet levels
     _phase_masks(config, _mask(config))  # mask, mask_cell, keep_fraction, mask_phases (cheap)
 
 

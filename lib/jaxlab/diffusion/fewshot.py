@@ -34,8 +34,27 @@ from jaxlab.diffusion import ddpm
 from jaxlab.diffusion.bnn import Posterior
 from jaxlab.diffusion.unet import UNet2DConfig, UNet2DModel, load_diffusers_unet, save_diffusers_unet
 
-__all__ = ["small_unet_config", "eps_fn_for", "pretrain", "fine_tune", "make_fine_tune_step", "pretrain_optimizer", "sample",
+__all__ = ["small_unet_config", "check_digits_pretraining", "eps_fn_for", "pretrain", "fine_tune", "make_fine_tune_step", "pretrain_optimizer", "sample",
            "load_pretrained", "save_pretrained"]
+
+
+def check_digits_pretraining(config, attention: bool = False) -> None:
+    """The config fields of a digits study's pretraining (``experiments.fewshot_dm`` and
+    ``experiments.cgi_dm``): one ValueError naming the field, before any pretraining starts.
+    ``held_out_class`` must be 9: the classifier, the label check and the UNet's label set are built
+    for digits 0-8 pretrained and 9 held out. ``attention``: also check ``config.attention``
+    against the UNet's levels."""
+    from jaxlab.utils.experiment import check_choice, check_ints, check_number
+    check_ints(config, "seed", low=0)
+    if config.held_out_class != 9:
+        raise ValueError(f"held_out_class={config.held_out_class!r} must be 9 (the classifier, the label check and "
+                         "the UNet's label set are built for digits 0-8 pretrained and 9 held out)")
+    check_ints(config, "num_timesteps", low=2)
+    check_ints(config, "pretrain_steps", "pretrain_batch", "classifier_steps")
+    check_number(config, "pretrain_lr", 0, low_open=True)
+    check_choice(config, "schedule", ("linear", "cosine"))
+    small_unet_config(config.resolution, 10, tuple(config.channels),  # resolution vs the UNet's levels
+                      attention=tuple(config.attention) if attention else None)
 
 
 def small_unet_config(resolution: int = 8, num_classes: int = 10, channels=(16, 32), head_dim: int = 16,
