@@ -80,7 +80,7 @@ def plot_accuracy(rows_by_name: dict, path: str, title: str = "") -> str:
     return path
 
 
-def _check_config(config) -> None:
+def check_config(config) -> None:
     """Rejects bad values with one ValueError naming the field, before the data are loaded and before the
     workdir is touched (e.g. checkpoint_every=0 used to crash with a modulo by zero after the first round)."""
     from jaxlab.data import DATASETS
@@ -106,7 +106,7 @@ def _check_config(config) -> None:
 def run(config, workdir: str, stop_after: int | None = None) -> dict:
     from jaxlab.data import partition_table, plot_partition
 
-    _check_config(config)
+    check_config(config)
     wd = Workdir(workdir)
     sim, data = build(config)
     wd.write_config(config, strategy_resolved=sim.strategy, data=data.name, num_clients=data.num_clients,

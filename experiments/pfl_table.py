@@ -216,13 +216,42 @@ def _plot(root: Workdir, curves, cells, datasets, methods, horizon: int) -> str:
     return path
 
 
-def run(config, workdir: str) -> dict:
-    root = Workdir(workdir)
-    methods, seeds = _list(config.algorithms), [int(s) for s in _list(config.seeds)]
+def check_config(config) -> tuple[list[str], list[int], list[ConfigDict], list[int]]:
+    """(methods, seeds, dataset specs, stages) of a table config, or one ValueError naming the bad field,
+    before any data are loaded or the workdir is touched (an unknown method used to stop the run only
+    when its turn came, after the methods before it had trained). Each (dataset, method, seed) cell is
+    checked as the ``experiments.pfl`` config it runs with."""
+    from experiments.pfl import check_config as check_cell
+
+    methods = _list(config.algorithms)
+    try:
+        seeds = [int(s) for s in _list(config.seeds)]
+    except ValueError:
+        raise ValueError(f"seeds={config.seeds!r}: use comma-separated integers, e.g. '0,1,2'") from None
     datasets = [parse_dataset(s) for s in _list(config.datasets)]
     if not methods or not seeds or not datasets:
         raise ValueError("config.algorithms, config.seeds and config.datasets must each name at least one entry")
     stages = _stages(config)
+    for ds in datasets:
+        for name in methods:
+            for seed in seeds:
+                try:
+                    check_cell(ConfigDict({
+                        "seed": seed, "partition_seed": config.partition_seed, "rounds": stages[-1],
+                        "num_clients": config.num_clients, "batch_size": config.batch_size,
+                        "local_epochs": config.local_epochs, "checkpoint_every": config.checkpoint_every,
+                        "lr": config.lr, "join_ratio": config.join_ratio, "dataset": ds.dataset,
+                        "partition": ds.partition, "algorithm": name, "model": config.model,
+                        "strategy": config.strategy}))
+                except ValueError as e:
+                    raise ValueError(f"{e} [table cell: datasets entry {ds.tag!r}, algorithms entry {name!r}, "
+                                     f"seeds entry {seed}]") from None
+    return methods, seeds, datasets, stages
+
+
+def run(config, workdir: str) -> dict:
+    methods, seeds, datasets, stages = check_config(config)
+    root = Workdir(workdir)
     t0 = time.perf_counter()
     if not config.report_only:
         root.write_config(config, stages=stages)

@@ -16,7 +16,7 @@ from jaxlab.utils.experiment import check_choice, check_ints, check_number
 
 # experiment module -> its preset file in experiments/configs (robust_matrix shares robust's presets)
 CONFIG_OF = {"fewshot_dm": "fewshot_dm", "thor": "thor", "robust": "robust", "robust_matrix": "robust",
-             "chrion": "chrion", "cgi_dm": "cgi_dm", "fedcod": "fedcod", "pfl": "pfl"}
+             "chrion": "chrion", "cgi_dm": "cgi_dm", "fedcod": "fedcod", "pfl": "pfl", "pfl_table": "pfl_table"}
 
 # (experiment, field, bad value): the quick preset with that one field changed
 BAD = [
@@ -55,6 +55,10 @@ BAD = [
     ("pfl", "algorithm", "fedsgd"),
     ("pfl", "join_ratio", 0.0),
     ("pfl", "seed", -1),
+    ("pfl_table", "algorithms", "fedavg,fedsgd"),    # was raised when fedsgd's turn came, after fedavg trained
+    ("pfl_table", "seeds", "0,x"),
+    ("pfl_table", "checkpoint_every", 0),
+    ("pfl_table", "stages", "5,500"),
 ]
 
 
