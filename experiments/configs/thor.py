@@ -126,6 +126,12 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     # 10.05 / 12.77 / 16.38 / 10.76%. Truth pooled over all 8 rounds instead of the even 4: 8.84 / 12.49 / 16.02 /
     # 11.00%. The MLPs alone (no convs) miss by 11.8 / 19.4 / 11.0% on seeds 6 / 7 / 8, with their own repeat
     # floor 17.1 / 15.5 / 4.3%: no conv fix reaches the target on those draws.
+    # Seed 9's largest miss (predicted 0.44x of 74 ms) is another such cliff, in the max-pool's backward pass
+    # (select-and-scatter). Measured 2026-12-07 (/work/scratch/big.py, pool.py; prefix variants, windows
+    # interleaved): that model (28x28x1, conv 64 3x3 SAME, relu, max-pool 2, dense 64, dense 10, batch 64) takes
+    # 7.2 ms up to the relu and 56 ms with the pool. A 2x2 max-pool after a 1x1 conv at batch 64 adds 6.9 /
+    # 33.0 / 39.7 ms at 28x28 with 16 / 32 / 64 channels, and 7.8 ms at 14x14x64. That is 4.8x for twice the
+    # channels from 16 to 32, against near zero for an average pool at every one of those sizes.
     c.wall = ml_collections.ConfigDict()
     c.wall.enabled = True
     c.wall.pool_chains = 240  # ~4-6 min of profiling; idle runs: 40 chains 24% (before the max/pos features), 120: 18%, 240: 12% (17% on a fresh re-measurement), 480: 15%
