@@ -136,6 +136,10 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     c.wall.enabled = True
     c.wall.pool_chains = 240  # ~4-6 min of profiling; idle runs: 40 chains 24% (before the max/pos features), 120: 18%, 240: 12% (17% on a fresh re-measurement), 480: 15%
     c.wall.chain_source = "design"  # 'design' | 'models' | 'mixed': where profiling chains come from (experiments.thor._wall_chains)
+    # 'mixed' measured 2026-12-07, not adopted: seed 9 (this preset with --config.sim.enabled=False
+    # --config.prune.enabled=False --config.wall.al_max=0 --config.seed=9 --config.wall.chain_source=mixed, 586 s; the
+    # same held-out models as the 'design' run) THOR 16.60% against 16.58% (MLPs 9.9 vs 16.3%, CNNs 23.3 vs 16.9%;
+    # its two largest misses 0.26x of 25.6 ms and 0.34x of 58.5 ms), FLOPs 53.2%, NeuralPower 34.1%, repeat floor 5.6%.
     c.wall.heldout = 24
     c.wall.windows = 9
     c.wall.min_window_s = 0.02
