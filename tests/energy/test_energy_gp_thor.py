@@ -331,6 +331,21 @@ def test_model_chains_are_windows_of_valid_models():
         _wall_chains(ml_collections.ConfigDict({"pool_chains": 4, "chain_source": "zoo"}), np.random.default_rng(0), space, 0)
 
 
+def test_profiling_chains_never_contain_a_held_out_model():
+    """A model window can coincide with a small held-out model (seed 10, 'mixed' chains, 2026-12-07: the study
+    stopped at its leakage assert after the whole profile); such a chain is redrawn before any profiling."""
+    from experiments.thor import _without_heldout
+
+    held = [P.Network((8,), (P.Dense(16), P.Act(), P.Dense(10)), batch=8, num_classes=10)]
+    leaky = P.Network((8,), (P.Dense(16), P.Act(), P.Dense(10), P.Act()), batch=8)   # its 3-layer prefix is held[0]
+    clean = P.Network((8,), (P.Dense(32), P.Act()), batch=8)
+    fresh = iter([leaky, P.Network((8,), (P.Dense(24),), batch=16)])
+    out = _without_heldout([clean, leaky], held, lambda: next(fresh))
+    assert out[0] is clean and out[1] == P.Network((8,), (P.Dense(24),), batch=16)  # the leaky redraw was skipped too
+    with pytest.raises(RuntimeError, match="held-out"):
+        _without_heldout([leaky], held, lambda: leaky, max_tries=3)
+
+
 def _pool_log_variance(model, pool, weights):
     """sum_j w_j^T Sigma w_j over the pool, from the GPs' own joint predictions (delta method)."""
     total = 0.0
