@@ -322,6 +322,13 @@ _HELDOUT_PROTOCOL = {
           "rounds': the truth is taken over the same span, so the same average machine state, as the profile"}
 
 
+def _window_kw(cfg, windows: int, **extra) -> dict:
+    """Measurement settings of the wall-clock study: ``windows``, the study's window length and its
+    window statistic (``cfg.wall.statistic``, read when results are read; see profiler.measure_networks)."""
+    return dict(windows=int(windows), min_window_s=cfg.wall.min_window_s,
+                statistic=cfg.wall.get("statistic", "median"), **extra)
+
+
 def _heldout_rounds(cw) -> int:
     rounds = int(cw.get("heldout_rounds", 0))
     if rounds < 0 or rounds == 1:
@@ -358,16 +365,14 @@ def study_wall(cfg, wd: Workdir, log):
     chains = _without_heldout(_cover_kinds(rng, space, chains, held), held, lambda: T.sample_chain(rng, space))
     meter = M.wallclock_meter()
     db = P.ProfileDB(wd.file("profile_db_wallclock.jsonl"))
-    stat = cfg.wall.get("statistic", "median")
-    kw = dict(windows=cfg.wall.windows, min_window_s=cfg.wall.min_window_s, statistic=stat)
-    hk = dict(windows=cfg.wall.heldout_windows, min_window_s=cfg.wall.min_window_s, statistic=stat)
+    kw, hk = _window_kw(cfg, cfg.wall.windows), _window_kw(cfg, cfg.wall.heldout_windows)
     rounds = _heldout_rounds(cfg.wall)
     tags = ([f"heldout_round{r}" for r in range(0, rounds, 2)], [f"heldout_round{r}" for r in range(1, rounds, 2)])
     compiled: dict = {}
     at = _round_positions(len(chains), rounds)
 
     # a difference of a few us between two ~60 us steps: more windows than a chain's [our choice]
-    lk = dict(windows=int(cfg.wall.get("loss_windows", 31)), min_window_s=cfg.wall.min_window_s, statistic=stat)
+    lk = _window_kw(cfg, cfg.wall.get("loss_windows", 31))
     loss_nets = [n for b in sorted({h.batch for h in held} | set(space.batches)) for n in P.loss_pair(b)]
 
     # heldout_group > 0 [our choice]: each round interleaves groups of that many models of similar training FLOPs,
@@ -423,7 +428,7 @@ def study_wall(cfg, wd: Workdir, log):
             "meter": ("wallclock: wall seconds per training iteration (time, not energy)" if clock == "meter" else
                       "cputime: process CPU seconds per training iteration, from the same windows (time, not energy)"),
             "pool_chains": len(chains), "heldout_models": len(held), "profile_seconds": t_prof,
-            "window_statistic": stat,
+            "window_statistic": kw["statistic"],
             "mape_thor": res["thor"], "mape_flops": res["flops"], "mape_neuralpower": res["neuralpower"],
             "per_family": res["per_family"], "band_coverage": res["band_coverage"],
             "thor_vs_flops_reduction": 1.0 - res["thor"] / res["flops"],
@@ -471,7 +476,7 @@ def study_prune(cfg, wd: Workdir, log, meter, db, chains, costs) -> dict:
         start = int(rng.integers(0, len(net.layers) - 3))
         shape = P.place(net._replace(num_classes=None))[start].in_shape
         extra.append(P.Network(shape, net.layers[start:start + 3], pc.batch))
-    kw = dict(windows=cfg.wall.windows, min_window_s=cfg.wall.min_window_s, statistic=cfg.wall.get("statistic", "median"))
+    kw = _window_kw(cfg, cfg.wall.windows)
     _profile_chains(meter, extra, db, "profile CNN-shaped chains", **kw)
     extra_costs = [[m.seconds for m in P.measure_networks(meter, P.prefixes(c), db, clock="cpu", **kw)] for c in extra]
     all_chains, all_costs = list(chains) + extra, list(costs) + extra_costs
@@ -502,8 +507,7 @@ def study_prune(cfg, wd: Workdir, log, meter, db, chains, costs) -> dict:
     # measured together (windows interleaved) three times, so load changes on the shared CPU hit all alike
     names = ("original", "energy_aware", "l1_equal_flops")
     for rep in range(3):
-        pk = dict(windows=cfg.wall.heldout_windows, min_window_s=cfg.wall.min_window_s, tag=f"prune{rep}",
-                  statistic=cfg.wall.get("statistic", "median"))
+        pk = _window_kw(cfg, cfg.wall.heldout_windows, tag=f"prune{rep}")
         ms = P.measure_networks(meter, [res[n]["_net"] for n in names], db, **pk)
         cs = P.measure_networks(meter, [res[n]["_net"] for n in names], db, clock="cpu", **pk)
         for name, m, c in zip(names, ms, cs):
