@@ -783,6 +783,18 @@ def _rnn_scan(b, p, X, consts, seq, h0, c0, out_y, out_h, out_c, dims, flops_ste
     # against 18-20 for the dot; summed over the major axis of R [H, 4H] instead (h as a column, the output's
     # 4H kept minor) it is split too (CPU / wall 1.76) and took 24.6 us per step against 16.3 for the dot, and
     # 48.5 as a two-level sum over 8 row blocks (2026-12-06, same setting, parity 1.9e-7).
+    # Also measured 2026-12-07, not adopted (hidden 256, T 64, B 1, interleaved medians): the step split by hidden
+    # units into 2 / 4 / 8 independent (dot -> gates) chains, so that the loop body holds more thunks than the 8
+    # below which XLA:CPU's thunk executor runs a sequence one by one: 19.5 / 21.1 / 22.2 us per step against 17.5
+    # for one dot, CPU / wall 1.07, so the second core is still not used. R packed as [4H/64, H, 64] (contracted
+    # by einsum or as a product summed over H): 14.3-15.7 us against 14.3. XLA_FLAGS=--xla_cpu_use_onednn=true:
+    # the projection GEMM alone 81 vs 140 us at [16, 256] x [256, 1024], 3.2 vs 3.8 ms at [64, 1024] x [1024, 4096],
+    # but `benchmarks.chrion --quick` geometric mean 1.32 against 1.37 without it, within run-to-run noise.
+    # Where the time goes at hidden 256: R is 1 MiB, each core's L2 is 1 MiB, so a one-core step streams R
+    # from L3; a C AVX-512 loop over R repacked in 64-column panels (gcc -O3 -march=native, scratch) took 10.8
+    # us per step on one core, XLA's dot 14 us, and ONNX Runtime's whole LSTM step 8.4 us per layer (2 layers,
+    # T 16 -> 64 slope). Faster than that one-core loop, so our reading is that ORT splits R over both cores' L2
+    # (not verified with counters; the process CPU / wall that benchmarks.chrion prints for ORT is 1.0 there).
     joint = D == 2 and H < _JOINT_SCAN_MAX_HIDDEN and p["acts"][:n_act] == p["acts"][n_act:]
     # The input projection of all T*B rows at once. XLA:CPU's Eigen GEMM runs x[T*B, I] @ W_T[I, G*H]
     # well below ONNX Runtime's prepacked MLAS GEMM at these shapes (measured 2026-12-05, T=16, I=H,
