@@ -102,7 +102,8 @@ def _fit_kw(cfg) -> dict:
     """GP fitting options of every THOR fit in the study (``gp_hyper_prior_sd`` 0: type-II ML)."""
     sd = float(cfg.get("gp_hyper_prior_sd", 0.0))
     return {"steps": cfg.gp_steps, "floor_frac": cfg.floor_frac, "hyper_prior_sd": sd if sd > 0 else None,
-            "meter_noise_floor": bool(cfg.get("gp_meter_noise_floor", True))}
+            "meter_noise_floor": bool(cfg.get("gp_meter_noise_floor", True)),
+            "exact_conv": bool(cfg.get("gp_exact_conv", False))}
 
 
 def _al_curves(cfg_al, chains, samples_by_chain, evaluate, seed, n_seeds, fit_kw, acquisition="log", targets=None):
@@ -359,6 +360,9 @@ def study_wall(cfg, wd: Workdir, log):
     rng = np.random.default_rng(cfg.seed + 100)
     space = T.DesignSpace(max_train_flops=cfg.wall.max_train_flops)
     chains = _wall_chains(cfg.wall, rng, space, cfg.seed)
+    if cfg.wall.get("cover_conv_configs", False):
+        # the first-layer conv grid, from its own stream so the pool's other chains stay the same
+        chains += T.conv_config_chains(np.random.default_rng(cfg.seed + 103), space)
     # held-out models from their own stream, so that the held-out set does not change with the
     # size of the profiling pool
     held, fams = _heldout(np.random.default_rng(cfg.seed + 101), cfg.wall.heldout, space)

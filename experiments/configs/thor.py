@@ -48,6 +48,18 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     # or, with the floor, by the lower of the two: the spikes went, but AL fractions 0.5 / 0.5 / 0.6 (streams
     # 0 / 1 / 2) with final AL MAPE 2.25 / 0.85 / 2.59%.
     c.gp_meter_noise_floor = True
+    # True: the conv GP has a random effect per (cin, cout, kernel) configuration (thor.fit_thor's exact_conv), for
+    # XLA:CPU's per-combination conv slow paths (below: 3 -> 24 channels). Measured 2026-12-07, not adopted: fresh
+    # seeds 7 / 8 profiled with the first-layer conv grid (this preset with --config.sim.enabled=False
+    # --config.prune.enabled=False --config.wall.al_max=0 --config.seed=S --config.wall.cover_conv_configs=True,
+    # ~12 min each), then each database re-derived without new measurement (copies; line counts unchanged) with the
+    # grid and the effect on or off. THOR wall MAPE, seed 7 / 8 (repeat floor 5.4 / 5.2%):
+    #   neither 15.35 / 12.23%, effect only 14.37 / 12.98%, grid only 16.18 / 13.05%, both 12.99 / 13.72%.
+    # Seed 7's CNNs 19.7 -> 14.6% with both, its 3 -> 24 5x5 model 0.44x -> 0.68x of 7.9 ms; on seed 8 the 3 -> 24
+    # 5x5 model went 0.40x -> 0.52x of 12.9 ms, but a 1 -> 24 3x3 model 1.25x -> 1.46x: the grid's one chain per
+    # configuration, at one size, does not tell a size-independent slow path from that chain's own noise or size.
+    # One draw better, one worse: the preset keeps both off.
+    c.gp_exact_conv = False
 
     # Simulated device (analytic ground truth, joules per iteration)
     c.sim = ml_collections.ConfigDict()
@@ -135,6 +147,9 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     c.wall = ml_collections.ConfigDict()
     c.wall.enabled = True
     c.wall.pool_chains = 240  # ~4-6 min of profiling; idle runs: 40 chains 24% (before the max/pos features), 120: 18%, 240: 12% (17% on a fresh re-measurement), 480: 15%
+    # True: the pool also gets one chain per first-layer conv configuration (thor.conv_config_chains: cin 1 or 3 x
+    # conv_features x kernel 3 or 5, 28 chains). Measured 2026-12-07 with and without gp_exact_conv (above): not adopted.
+    c.wall.cover_conv_configs = False
     c.wall.chain_source = "design"  # 'design' | 'models' | 'mixed': where profiling chains come from (experiments.thor._wall_chains)
     # 'mixed' measured 2026-12-07, not adopted: seed 9 (this preset with --config.sim.enabled=False
     # --config.prune.enabled=False --config.wall.al_max=0 --config.seed=9 --config.wall.chain_source=mixed, 586 s; the
@@ -144,7 +159,9 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     # NeuralPower 42.2%, floor 8.7%. Its first run stopped at the leakage assert after the whole profile: a model
     # window was a held-out model. Such chains are now redrawn before profiling (experiments.thor._without_heldout);
     # the rerun reused the database and profiled the one replacement chain. Two draws (16.60 / 9.69 against
-    # 16.58 / 13.23%) are too few to change the preset's source.
+    # 16.58 / 13.23%) are too few to change the preset's source. Seed 5, same command (2026-12-07, 11 min): THOR
+    # 15.30% (CNN 15.0, MLP 15.6%) against 8.13% with design chains on the earlier run, FLOPs 72.2%, NeuralPower
+    # 30.2%, repeat floor 3.9%. Over three draws 'mixed' is not better: the preset keeps 'design'.
     c.wall.heldout = 24
     c.wall.windows = 9
     c.wall.min_window_s = 0.02

@@ -126,6 +126,46 @@ def test_hyper_prior_is_map_and_tightens_towards_its_centre():
         G.fit_gp("act", F, y, hyper_prior_sd=0.0)
 
 
+def test_exact_columns_learn_a_per_configuration_slow_path():
+    """exact_cols: one (cin, cout) pair runs 3x slower at every size (XLA:CPU's 3 -> 24 channel conv).
+    The plain kernel can only fit it by shortening the channel length scales, which then mispredicts
+    the pair's neighbours; with the configuration term the length scales stay long and the slow pair
+    and its neighbours are all predicted. The added term is c^2 [x_E == x'_E] exactly."""
+    rng = np.random.default_rng(0)
+    n = 120
+    cin = rng.choice([1.0, 3.0, 4.0, 8.0, 16.0], size=n)
+    cout = rng.choice([8.0, 16.0, 24.0, 32.0, 48.0], size=n)
+    size = np.exp(rng.uniform(np.log(64), np.log(4096), size=n))
+    slow = (cin == 3) & (cout == 24)
+    y = cin * cout * size * 1e-6 * np.where(slow, 3.0, 1.0) * np.exp(0.05 * rng.normal(size=n))  # 5% meter noise
+    F = np.stack([cin, cout, size], 1)
+    q = np.array([[3.0, 24.0, 1500.0], [16.0, 24.0, 1500.0], [3.0, 16.0, 1500.0], [4.0, 24.0, 1500.0]])
+    truth = q[:, 0] * q[:, 1] * q[:, 2] * 1e-6 * np.array([3.0, 1.0, 1.0, 1.0])
+    plain = G.fit_gp("conv", F, y, mean_cols=[2], steps=300)
+    exact = G.fit_gp("conv", F, y, mean_cols=[2], steps=300, exact_cols=[0, 1])
+    err_plain = np.abs(np.exp(G.predict_gp(plain, q)[0]) / truth - 1)
+    err_exact = np.abs(np.exp(G.predict_gp(exact, q)[0]) / truth - 1)
+    assert err_exact.max() < 0.1, err_exact
+    assert err_plain.max() > 0.25, err_plain  # measured: (4, 24) predicted 1.57x
+    assert np.exp(exact.params["log_ls"][:2]).min() > 2 * np.exp(plain.params["log_ls"][:2]).max()
+
+    # the kernel, against numpy: Matern + offset + linear mean + c^2 [same (cin, cout)]
+    import jax.numpy as jnp
+    m = 30
+    X = np.log(F[:m]) - exact.x_mu
+    Xp = np.zeros((m, G.D_MAX)); Xp[:, :3] = X
+    pr = {k: jnp.asarray(v) for k, v in exact.params.items()}
+    K = np.asarray(G.full_kernel(pr)(jnp.asarray(Xp), jnp.asarray(Xp)))
+    same = (F[:m, None, 0] == F[None, :m, 0]) & (F[:m, None, 1] == F[None, :m, 1])
+    assert same.sum() > m  # some distinct points share a configuration
+    ref = (_matern52_l2(X, X, np.exp(exact.params["log_amp"]), np.exp(exact.params["log_ls"][:3]))
+           + np.exp(2 * exact.params["log_sb"]) + np.exp(2 * exact.params["log_sw"]) * np.outer(X[:, 2], X[:, 2])
+           + np.exp(2 * exact.params["log_exact"]) * same)
+    np.testing.assert_allclose(K, ref, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="exact_cols"):
+        G.fit_gp("conv", F, y, exact_cols=[3])
+
+
 def test_gp_bad_input():
     with pytest.raises(ValueError, match="> 0"):
         G.fit_gp("conv", np.array([[1.0], [0.0]]), np.array([1.0, 2.0]))
@@ -257,6 +297,26 @@ def test_flops_linear_recovers_exact_line():
     assert fl.a == pytest.approx(3e-9, rel=1e-9) and fl.b == pytest.approx(0.01, rel=1e-9)
     with pytest.raises(ValueError):
         B.fit_flops_linear(nets[:1], costs[:1])
+
+
+def test_conv_config_chains_cover_the_first_layer_grid_and_fit_an_exact_conv_term(sim_setup):
+    space = T.DesignSpace()
+    cs = T.conv_config_chains(np.random.default_rng(0), space)
+    grid = {(c.input_shape[2], c.layers[0].features, c.layers[0].kernel) for c in cs}
+    assert len(cs) == len(grid) == 2 * len(space.conv_features) * 2
+    assert grid == {(ci, co, k) for ci in (1, 3) for co in space.conv_features for k in (3, 5)}
+    for c in cs:
+        assert len(c.layers) == 3 and isinstance(c.layers[0], P.Conv) and c.input_shape[0] >= 12
+        assert T._ok(c, space)
+    assert cs == T.conv_config_chains(np.random.default_rng(0), space)  # reproducible from its stream
+    chains, _ = sim_setup
+    dev = M.DeviceModel(gamma=0.0, noise=0.02)
+    model = T.fit_thor(_profile(list(chains) + cs[:8], dev), steps=50, exact_conv=True)
+    names = P.FEATURES["conv"]
+    expect = np.zeros(G.D_MAX)
+    expect[[names.index(k) for k in ("cin", "cout", "kernel")]] = 1.0
+    np.testing.assert_array_equal(model.gps["conv"].params["exact_mask"], expect)
+    assert "log_exact" not in model.gps["dense"].params  # only the conv GP gets the configuration effect
 
 
 def test_neuralpower_fits_polynomial_layer_costs(sim_setup):

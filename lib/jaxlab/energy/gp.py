@@ -83,13 +83,23 @@ def gp_kernel(params):
     return jnp.exp(2.0 * params["log_amp"]) * transforms.Linear(jnp.exp(-params["log_ls"]), base)
 
 
+EXACT_SCALE = 1e-2  # length scale (log units) of the configuration term: log(24) - log(16) = 0.41 is 41 of them
+
+
 def full_kernel(params):
-    """Matérn residual + the integrated linear mean: ``sb^2 + sw^2 x_M . x'_M``."""
+    """Matérn residual + the integrated linear mean: ``sb^2 + sw^2 x_M . x'_M``; with an ``exact_mask``
+    (see :func:`fit_gp`'s ``exact_cols``) also ``c^2 [x_E == x'_E]``, a random effect per configuration."""
     import jax.numpy as jnp
     from tinygp import kernels, transforms
 
     lin = transforms.Linear(jnp.exp(params["log_sw"]) * params["mean_mask"], kernels.DotProduct())
-    return gp_kernel(params) + kernels.Constant(jnp.exp(2.0 * params["log_sb"])) + lin
+    k = gp_kernel(params) + kernels.Constant(jnp.exp(2.0 * params["log_sb"])) + lin
+    if "log_exact" in params:
+        # an ExpSquared this narrow is 1 for equal values of the exact columns and ~0 otherwise
+        # (exp(-414) for the closest design values, 3 and 4 channels)
+        k = k + jnp.exp(2.0 * params["log_exact"]) * transforms.Linear(params["exact_mask"] / EXACT_SCALE,
+                                                                        kernels.ExpSquared(scale=1.0))
+    return k
 
 
 def _gp(params, X, diag):
@@ -104,7 +114,7 @@ def _gp(params, X, diag):
 
 
 _FIT_CACHE: dict = {}
-_FIXED = ("w0", "mean_mask", "log_sw", "log_sb", "rsq")  # not optimised
+_FIXED = ("w0", "mean_mask", "log_sw", "log_sb", "rsq", "exact_mask")  # not optimised
 
 
 def _x64():
@@ -138,6 +148,8 @@ def _fit_fn(steps: int, lr: float):
             upd, s = opt.update(g, s, p)
             p = optax.apply_updates(p, upd)
             # keep noise, amplitude and length scales in a sane range (inputs/targets in log units)
+            if "log_exact" in p:
+                p = dict(p, log_exact=jnp.clip(p["log_exact"], jnp.log(1e-3), jnp.log(3.0)))
             p = dict(p, log_noise=jnp.clip(p["log_noise"], jnp.log(1e-3), jnp.log(1.0)),
                      log_ls=jnp.clip(p["log_ls"], jnp.log(0.1), jnp.log(50.0)),
                      log_amp=jnp.clip(p["log_amp"], jnp.log(1e-3), jnp.log(3.0)),
@@ -158,7 +170,8 @@ def _pad_size(n: int) -> int:
 def fit_gp(kind: str, features: np.ndarray, costs: np.ndarray, *, context: np.ndarray | None = None,
            mean_cols: Sequence[int] | None = None, steps: int = 300, lr: float = 0.05,
            slope_prior: float | None = None, slope_sd: float = 0.5, offset_sd: float = 2.0,
-           floor_frac: float = 0.05, hyper_prior_sd: float | None = None, rel_floor: float = 1e-4) -> LayerGP:
+           floor_frac: float = 0.05, hyper_prior_sd: float | None = None, rel_floor: float = 1e-4,
+           exact_cols: Sequence[int] | None = None) -> LayerGP:
     """Fits one GP. features: [n, D] positive raw features (D <= D_MAX); costs: [n] (joules or seconds).
 
     context: [n] the scale of the measurements each cost was subtracted from (THOR:
@@ -178,6 +191,14 @@ def fit_gp(kind: str, features: np.ndarray, costs: np.ndarray, *, context: np.nd
     rel_floor: lower bound of the relative measurement noise ``r`` (default 1e-4, the clip). A kind
     with few samples, or samples its mean can interpolate, otherwise drives ``r`` to the clip and
     becomes overconfident; :func:`jaxlab.energy.thor.fit_thor` passes the meter's own noise level.
+    exact_cols [our choice, off by default]: feature columns that name a *configuration* (THOR's conv:
+    input channels, output channels, kernel). Adds ``c^2 [x_E == x'_E]`` to the kernel, a random
+    effect shared by every sample of one configuration whatever its other features, with a fitted
+    amplitude ``c`` (starting at 0.3 nats, clipped to [1e-3, 3]). A kernel library's slow path for one
+    channel combination (XLA:CPU's 3 -> 24 channel conv, ~3x its neighbours at every size) is
+    then learnt from the samples of that combination without shortening the length scales that
+    every other combination shares; a combination never profiled gets the effect's prior, i.e.
+    only more variance.
     """
     import jax.numpy as jnp
 
@@ -232,6 +253,14 @@ def fit_gp(kind: str, features: np.ndarray, costs: np.ndarray, *, context: np.nd
     fit = _fit_fn(int(steps), float(lr))
     fixed = {"w0": w0, "mean_mask": mask, "log_sw": np.log(slope_sd), "log_sb": np.log(offset_sd), "rsq": rsq}
     free = {"log_amp": np.log(0.3), "log_ls": np.log(ls0), "log_noise": np.log(0.05), "log_rel": np.log(max(0.02, rel_floor))}
+    if exact_cols is not None:
+        ecols = [int(i) for i in exact_cols]
+        if not ecols or any(not 0 <= i < d for i in ecols):
+            raise ValueError(f"exact_cols={list(exact_cols)} must be a non-empty list of the {d} feature columns")
+        emask = np.zeros(D_MAX)
+        emask[ecols] = 1.0
+        fixed["exact_mask"] = emask
+        free["log_exact"] = np.log(0.3)
     prior_mu = {k: np.asarray(v, np.float64) for k, v in free.items()}
     prior_prec = 0.0 if hyper_prior_sd is None else 1.0 / float(hyper_prior_sd) ** 2
     for rnd in range(2 if context is not None else 1):

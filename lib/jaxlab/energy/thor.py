@@ -32,7 +32,7 @@ from jaxlab.energy.profiler import layer_kind as P_kind
 
 __all__ = [
     "ThorModel", "Estimate", "fit_thor", "estimate", "mape", "chain_variance", "select_batch", "active_learning",
-    "DesignSpace", "sample_chain", "sample_model", "sample_model_chain", "MODEL_FAMILIES",
+    "DesignSpace", "sample_chain", "sample_model", "sample_model_chain", "conv_config_chains", "MODEL_FAMILIES",
 ]
 
 
@@ -52,6 +52,9 @@ class Estimate(NamedTuple):
     per_layer: list
 
 
+_EXACT_CONV = ("cin", "cout", "kernel")  # the conv configuration of fit_thor's exact_conv
+
+
 def _group(samples: Sequence[LayerSample]) -> dict:
     by: dict = {}
     for s in samples:
@@ -60,7 +63,8 @@ def _group(samples: Sequence[LayerSample]) -> dict:
 
 
 def fit_thor(samples: Sequence[LayerSample], *, steps: int = 300, lr: float = 0.05, floor_frac: float = 0.05,
-             hyper_prior_sd: float | None = None, meter_noise_floor: bool = True) -> ThorModel:
+             hyper_prior_sd: float | None = None, meter_noise_floor: bool = True,
+             exact_conv: bool = False) -> ThorModel:
     """One GP per layer kind (and 'fixed') from subtraction samples. Kinds with < 2 samples are skipped.
 
     Layer kinds: linear mean over log FLOPs and log bytes with prior elasticity 1 (cost ∝ work);
@@ -79,6 +83,10 @@ def fit_thor(samples: Sequence[LayerSample], *, steps: int = 300, lr: float = 0.
     two batches; with the floor (0.020 there, the simulated meter's 0.02) the rms z-score was 2.0 and
     conv chains scored highest (best conv chain 0.041 against 0.005 for the rest).
     ``False``: every kind fits its own ``r`` down to the clip (the earlier behaviour).
+
+    ``exact_conv`` [our choice, default off]: the conv GP gets a random effect per (input channels,
+    output channels, kernel) configuration (:func:`gp.fit_gp`'s ``exact_cols``), for XLA:CPU's
+    per-combination conv slow paths.
     """
     if not samples:
         raise ValueError("fit_thor: no samples; profile some chains first")
@@ -97,7 +105,8 @@ def fit_thor(samples: Sequence[LayerSample], *, steps: int = 300, lr: float = 0.
         gps[kind] = fit_gp(kind, F, np.array([s.cost for s in ss]), context=np.array([s.context for s in ss]),
                            mean_cols=mean_cols, slope_prior=1.0 if mean_cols else 0.0,
                            steps=steps, lr=lr, floor_frac=floor_frac, hyper_prior_sd=hyper_prior_sd,
-                           rel_floor=rel_floor)
+                           rel_floor=rel_floor,
+                           exact_cols=[names.index(c) for c in _EXACT_CONV] if exact_conv and kind == "conv" else None)
         if kind == "fixed" and meter_noise_floor:
             prm = gps[kind].params  # 'fixed' is measured directly (context = its cost), so s^2 + r^2 is its noise
             rel_floor = min(float(np.sqrt(np.exp(2 * prm["log_noise"]) + np.exp(2 * prm["log_rel"]))), 1.0)
@@ -533,6 +542,48 @@ def sample_chain(rng: np.random.Generator, space: DesignSpace = DesignSpace(), l
         if len(layers) == length and _ok(net, space):
             return net
     raise RuntimeError("sample_chain: no chain within the caps after 1000 tries; loosen DesignSpace caps")
+
+
+def conv_config_chains(rng: np.random.Generator, space: DesignSpace = DesignSpace(), in_channels=(1, 3),
+                       kernels=(3, 5), length: int = 3) -> list:
+    """One profiling chain per first-layer conv configuration ``(cin, cout, kernel)`` over
+    ``in_channels`` x ``space.conv_features`` x ``kernels`` (default: the grid :func:`sample_model`'s
+    CNNs start with), the conv first on a random image size (>= 12) and batch, then ``length - 1``
+    layers as :func:`sample_chain` draws them; resampled until within the caps.
+
+    [our choice] Random design chains rarely contain a given input-layer configuration (a 3 -> 24
+    channel 5x5 conv: about 1 in 150 chains), and XLA:CPU's conv time is not smooth in the channel
+    counts there (measured 2026-12-07 at batch 32, 20x20: 3 -> 24 ran 2.4-2.9x the time per FLOP
+    of 3 -> 16 and 3 -> 32, at kernel 3 and 5). With this grid in the profile every such
+    configuration has samples, which the conv GP's configuration effect (``fit_thor(exact_conv=True)``)
+    can use.
+    """
+    out = []
+    sizes = [s for s in space.image_sizes if s >= 12]
+    for cin in in_channels:
+        for cout in space.conv_features:
+            for k in kernels:
+                for _ in range(1000):
+                    hw = int(rng.choice(sizes))
+                    shape = (hw, hw, int(cin))
+                    layers = [Conv(int(cout), int(k), 1, "SAME" if rng.random() < 0.7 else "VALID")]
+                    s, prev = place(Network(shape, tuple(layers), 1))[-1].out_shape, "conv"
+                    try:
+                        for _ in range(length - 1):
+                            spec = _next_layer(rng, s, prev, space)
+                            prev = P_kind(spec)
+                            layers.append(spec)
+                            s = place(Network(shape, tuple(layers), 1))[-1].out_shape
+                    except ValueError:
+                        continue
+                    net = Network(shape, tuple(layers), int(rng.choice(space.batches)))
+                    if _ok(net, space):
+                        out.append(net)
+                        break
+                else:
+                    raise RuntimeError(f"conv_config_chains: no chain for conv {cin} -> {cout}, kernel {k} "
+                                       "within the caps after 1000 tries; loosen DesignSpace caps")
+    return out
 
 
 MODEL_FAMILIES = ("cnn", "mlp", "lstm")
