@@ -217,7 +217,8 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
         # latents of 0-8; its decoded class-conditional accuracy was 0.30. Then plain fine-tuning on the latents of 5
         # nines: lr 1e-3, batch 4, 1500 steps, seed 1, DDIM 50; metrics on the decoded samples, evaluated every 20
         # steps. Result: no corruption stage. The HF noise stayed below the real 9s' level at every evaluation after
-        # step 20: 0.30-0.65, against 0.67 at step 0 and 0.85 at step 20 (the pretrained 0-8 samples: 0.65). Fidelity rose from 0.815 to 0.964, with
+        # step 20: 0.30-0.65, against 0.67 at step 0 and 0.85 at step 20 (the pretrained 0-8 samples:
+        # 0.65). Fidelity rose from 0.815 to 0.964, with
         # dips of up to 0.095 that lasted one evaluation each. Memorisation was 0 at the end. The smooth decoder maps
         # off-manifold latents to blurred strokes, not to noise.
         c = get_config("digits16")

@@ -148,7 +148,8 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     c.wall.enabled = True
     c.wall.pool_chains = 240  # ~4-6 min of profiling; idle runs: 40 chains 24% (before the max/pos features), 120: 18%, 240: 12% (17% on a fresh re-measurement), 480: 15%
     # True: the pool also gets one chain per first-layer conv configuration (thor.conv_config_chains: cin 1 or 3 x
-    # conv_features x kernel 3 or 5, 28 chains). Measured 2026-12-07 with and without gp_exact_conv (above): not adopted.
+    # conv_features x kernel 3 or 5, 28 chains). Measured 2026-12-07 with and without gp_exact_conv (above): not
+    # adopted.
     c.wall.cover_conv_configs = False
     c.wall.chain_source = "design"  # 'design' | 'models' | 'mixed': where profiling chains come from (experiments.thor._wall_chains)
     # 'mixed' measured 2026-12-07, not adopted: seed 9 (this preset with --config.sim.enabled=False

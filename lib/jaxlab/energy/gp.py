@@ -9,6 +9,7 @@ Model [paper: Matérn nu = 2.5; the rest is our choice, following systems.md's p
         b ~ N(0, sb^2),  w ~ N(0, sw^2 I)                  # mean weights, integrated out
         m0(x) = w0 . x_M                                    # prior mean slope on the mean columns M
         eps ~ N(0, s^2 + r^2 * rsq_i)                       # meter + subtraction noise
+        [optional, exact_cols E] + u_{x_E}, u ~ N(0, c^2)   # a random effect per configuration x_E
 
 * Kernel: tinygp's ``Matern52`` uses the **L1** distance by default; THOR's kernel is the
   standard (Euclidean) Matérn-5/2, so we pass ``distance=L2Distance()`` explicitly. ARD through
@@ -195,7 +196,7 @@ def fit_gp(kind: str, features: np.ndarray, costs: np.ndarray, *, context: np.nd
     input channels, output channels, kernel). Adds ``c^2 [x_E == x'_E]`` to the kernel, a random
     effect shared by every sample of one configuration whatever its other features, with a fitted
     amplitude ``c`` (starting at 0.3 nats, clipped to [1e-3, 3]). A kernel library's slow path for one
-    channel combination (XLA:CPU's 3 -> 24 channel conv, ~3x its neighbours at every size) is
+    channel combination (XLA:CPU's 3 -> 24 channel conv, 1.5-2.5x its neighbours per FLOP) is
     then learnt from the samples of that combination without shortening the length scales that
     every other combination shares; a combination never profiled gets the effect's prior, i.e.
     only more variance.

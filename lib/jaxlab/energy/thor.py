@@ -552,9 +552,9 @@ def conv_config_chains(rng: np.random.Generator, space: DesignSpace = DesignSpac
     layers as :func:`sample_chain` draws them; resampled until within the caps.
 
     [our choice] Random design chains rarely contain a given input-layer configuration (a 3 -> 24
-    channel 5x5 conv: about 1 in 150 chains), and XLA:CPU's conv time is not smooth in the channel
-    counts there (measured 2026-12-07 at batch 32, 20x20: 3 -> 24 ran 2.4-2.9x the time per FLOP
-    of 3 -> 16 and 3 -> 32, at kernel 3 and 5). With this grid in the profile every such
+    channel 5x5 conv: about 1 in 200 chains), and XLA:CPU's conv time is not smooth in the channel
+    counts there (measured 2026-12-07 for forward + both gradients at batch 32, 20x20: 3 -> 24 took
+    1.5-2.5x the time per FLOP of 3 -> 16 and 3 -> 32, at kernel 3 and 5). With this grid in the profile every such
     configuration has samples, which the conv GP's configuration effect (``fit_thor(exact_conv=True)``)
     can use.
     """
