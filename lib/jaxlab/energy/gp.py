@@ -115,7 +115,6 @@ def _gp(params, X, diag):
 
 
 _FIT_CACHE: dict = {}
-_FIXED = ("w0", "mean_mask", "log_sw", "log_sb", "rsq", "exact_mask")  # not optimised
 
 
 def _x64():

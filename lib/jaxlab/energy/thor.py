@@ -518,6 +518,23 @@ def _next_layer(rng, shape, prev, space: DesignSpace):
     return Dense(int(rng.choice(space.dense_features)))
 
 
+def _grow(rng, shape, layers: list, space: DesignSpace, length: int) -> list | None:
+    """``layers`` extended by :func:`_next_layer` draws to ``length`` layers on input ``shape``, or None
+    as soon as a drawn layer does not fit the shape before it (no further draws)."""
+    layers = list(layers)
+    s = place(Network(shape, tuple(layers), 1))[-1].out_shape if layers else shape
+    prev = P_kind(layers[-1]) if layers else None
+    while len(layers) < length:
+        spec = _next_layer(rng, s, prev, space)
+        prev = P_kind(spec)
+        layers.append(spec)
+        try:
+            s = place(Network(shape, tuple(layers), 1))[-1].out_shape
+        except ValueError:
+            return None
+    return layers
+
+
 def sample_chain(rng: np.random.Generator, space: DesignSpace = DesignSpace(), length: int = 3) -> Network:
     """A random profiling chain of ``length`` layers (resampled until within the FLOPs/params caps)."""
     for _ in range(1000):
@@ -529,18 +546,12 @@ def sample_chain(rng: np.random.Generator, space: DesignSpace = DesignSpace(), l
         else:
             hw = int(rng.choice(space.image_sizes))
             shape = (hw, hw, int(rng.choice(space.in_channels)))
-        layers, s, prev = [], shape, None
-        for _ in range(length):
-            spec = _next_layer(rng, s, prev, space)
-            prev = P_kind(spec)
-            layers.append(spec)
-            try:
-                s = place(Network(shape, tuple(layers), 1))[-1].out_shape
-            except ValueError:
-                break
-        net = Network(shape, tuple(layers), int(rng.choice(space.batches)))
-        if len(layers) == length and _ok(net, space):
-            return net
+        layers = _grow(rng, shape, [], space, length)
+        batch = int(rng.choice(space.batches))  # drawn for rejected chains too: the stream stays as it was
+        if layers is not None:
+            net = Network(shape, tuple(layers), batch)
+            if _ok(net, space):
+                return net
     raise RuntimeError("sample_chain: no chain within the caps after 1000 tries; loosen DesignSpace caps")
 
 
@@ -566,15 +577,9 @@ def conv_config_chains(rng: np.random.Generator, space: DesignSpace = DesignSpac
                 for _ in range(1000):
                     hw = int(rng.choice(sizes))
                     shape = (hw, hw, int(cin))
-                    layers = [Conv(int(cout), int(k), 1, "SAME" if rng.random() < 0.7 else "VALID")]
-                    s, prev = place(Network(shape, tuple(layers), 1))[-1].out_shape, "conv"
-                    try:
-                        for _ in range(length - 1):
-                            spec = _next_layer(rng, s, prev, space)
-                            prev = P_kind(spec)
-                            layers.append(spec)
-                            s = place(Network(shape, tuple(layers), 1))[-1].out_shape
-                    except ValueError:
+                    layers = _grow(rng, shape, [Conv(int(cout), int(k), 1, "SAME" if rng.random() < 0.7 else "VALID")],
+                                   space, length)
+                    if layers is None:
                         continue
                     net = Network(shape, tuple(layers), int(rng.choice(space.batches)))
                     if _ok(net, space):
