@@ -307,6 +307,39 @@ def test_bad_inputs_raise_one_clear_error(G):
             agg.apply(jnp.asarray(bad), None, jax.random.PRNGKey(0), agg.init(15, 40), {"root_update": g.mean(0)})
 
 
+@pytest.mark.parametrize("ids", [None, (4, 0, 7, 2)])
+def test_add_rows_and_gram_matches_float64_update_then_gram_over_chunks(ids):
+    """FoolsGold's one-pass history update + Gram, over 2 full column chunks and a tail, with full
+    participation and with a subset of clients (rows of a larger state, out of order)."""
+    rng = np.random.default_rng(5)
+    d = 2 * D._GRAM_CHUNK + 77
+    state = rng.standard_normal((9, d)).astype(np.float32)
+    n = 9 if ids is None else len(ids)
+    g = rng.standard_normal((n, d)).astype(np.float32)
+    new_ref = state.astype(np.float64)
+    rows = np.arange(9) if ids is None else np.asarray(ids)
+    new_ref[rows] += g
+    h = new_ref[rows]
+    st, gm = jax.jit(D.add_rows_and_gram)(jnp.asarray(state), jnp.asarray(g),
+                                          None if ids is None else jnp.asarray(ids))
+    np.testing.assert_allclose(np.asarray(st), new_ref, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(gm), h @ h.T, rtol=1e-4, atol=1e-2)
+    # a row with a NaN in its last (tail) chunk and keep=False there: added as zeros, in every chunk
+    bad = g.copy()
+    bad[1, -1] = np.nan
+    keep = np.arange(n) != 1
+    new_ref[rows[1]] -= g[1]
+    h = new_ref[rows]
+    st, gm = jax.jit(D.add_rows_and_gram)(jnp.asarray(state), jnp.asarray(bad),
+                                          None if ids is None else jnp.asarray(ids), jnp.asarray(keep))
+    np.testing.assert_allclose(np.asarray(st), new_ref, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(gm), h @ h.T, rtol=1e-4, atol=1e-2)
+    # rows outside ids are untouched
+    if ids is not None:
+        others = np.setdiff1d(np.arange(9), rows)
+        np.testing.assert_array_equal(np.asarray(st)[others], state[others])
+
+
 # ---------------------------------------------------------------- fast-path pieces
 
 def test_chunked_gram_matches_float64_product_with_a_remainder_chunk():

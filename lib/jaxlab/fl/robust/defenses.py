@@ -45,7 +45,7 @@ from jax import lax
 __all__ = ["AggOut", "Aggregator", "DEFENSES", "REFERENCES", "make_aggregator", "oracle_mean", "max_admissible_f",
            "coordinate_window", "coordinate_kept_share",
            "check_updates", "reduce_rows",
-           "pairwise_sq_dists", "gram", "krum_scores", "sort_rows", "fedavg_mean", "krum", "multi_krum", "bulyan", "coordinate_median",
+           "pairwise_sq_dists", "gram", "add_rows_and_gram", "krum_scores", "sort_rows", "fedavg_mean", "krum", "multi_krum", "bulyan", "coordinate_median",
            "trimmed_mean", "geometric_median", "centered_clipping", "fltrust", "flame", "foolsgold", "dnc",
            "sample_without_replacement"]
 
@@ -221,6 +221,45 @@ def gram(x):
         tail = x[:, nb * c:]
         acc = acc + tail @ tail.T
     return acc
+
+
+def add_rows_and_gram(state, g, ids=None, keep=None):
+    """``(state', gram(state'[ids]))`` with ``state' = state.at[ids].add(g)`` (``state + g`` when
+    ``ids`` is None), in ONE pass over the same column chunks as :func:`gram`. ``keep [n]`` (bool):
+    rows of ``g`` where it is False are added as zeros (non-finite client rows, zeroed per chunk).
+
+    FoolsGold's step: the history update and the Gram of the updated rows. Written as two ops
+    (update, then :func:`gram` of the gathered rows) XLA:CPU materialises the new history and then
+    a gathered copy of its rows before the Gram reads them; chunk by chunk, each updated block is
+    written back into the state (in place in the loop carry) and multiplied while it is in cache.
+    Measured 2026-12-07 on 2 CPU cores at n = N = 100, d = 1e6 (/work/scratch/s4/fg2.py): 316 vs 375 ms,
+    208 ms when the caller donates ``state``. Same values as the two-op form."""
+    N, d = state.shape
+    n = g.shape[0]
+
+    def upd(blk, gb):
+        if keep is not None:
+            gb = jnp.where(keep[:, None], gb, 0.0)
+        new = blk + gb if ids is None else blk.at[ids].add(gb)
+        return new, (new if ids is None else new[ids])
+
+    c = _GRAM_CHUNK
+    nb = d // c
+    if nb < 2:
+        new, h = upd(state, g)
+        return new, h @ h.T
+
+    def body(i, carry):
+        st, acc = carry
+        new, h = upd(lax.dynamic_slice(st, (0, i * c), (N, c)), lax.dynamic_slice(g, (0, i * c), (n, c)))
+        return lax.dynamic_update_slice(st, new, (0, i * c)), acc + h @ h.T
+
+    st, acc = lax.fori_loop(0, nb, body, (state, jnp.zeros((n, n), g.dtype)))
+    if nb * c < d:
+        new, h = upd(st[:, nb * c:], g[:, nb * c:])
+        st = st.at[:, nb * c:].set(new)
+        acc = acc + h @ h.T
+    return st, acc
 
 
 def pairwise_sq_dists(updates):
@@ -700,32 +739,38 @@ def foolsgold(updates, weights=None, key=None, state=None, *, ids=None):
     ``(AggOut, new_state)``; ``benign`` = ``alpha > 0``.
     """
     del key
-    n, d = _validate_shapes(updates, weights, "foolsgold")[0].shape
-
-    def impl(g, w, finite):
-        hist = jnp.zeros((n, d), g.dtype) if state is None else state
-        if ids is None:
-            hist = hist + g
-            h = hist
-        else:
-            hist = hist.at[ids].add(g)
-            h = hist[ids]
-        # cosines from one Gram matrix of the histories (no normalised [n, d] copy)
-        gm = gram(h)
-        inv = 1.0 / jnp.maximum(jnp.sqrt(jnp.maximum(jnp.diagonal(gm), 0.0)), 1e-30)
-        cs = gm * inv[:, None] * inv[None, :] - jnp.eye(n, dtype=g.dtype)
-        v = jnp.max(cs, axis=1)
-        pardon = v[:, None] < v[None, :]
-        cs = jnp.where(pardon, cs * v[:, None] / jnp.where(v[None, :] == 0, 1.0, v[None, :]), cs)
-        alpha = jnp.clip(1.0 - jnp.max(cs, axis=1), 0.0, 1.0)
-        amax = jnp.max(alpha)
-        alpha = jnp.where(amax > 0, alpha / jnp.maximum(amax, 1e-30), 0.0)
-        alpha = jnp.where(alpha == 1.0, 0.99, alpha)
-        logit = jnp.log(jnp.maximum(alpha, 1e-30) / (1.0 - alpha)) + 0.5
-        alpha = jnp.where(alpha > 0, jnp.clip(logit, 0.0, 1.0), 0.0) * finite
-        return AggOut(_mean_of(g, alpha > 0, alpha), alpha > 0), hist
-
-    return _guarded("foolsgold", updates, weights, impl)
+    if _is_concrete(updates) and (weights is None or _is_concrete(weights)):
+        g, _, finite = check_updates(updates, weights, "foolsgold")  # eagerly: NaN/inf rows raise
+        keep = None
+    else:
+        # Not _guarded's lax.cond over the whole rule: a cond whose outputs include the [N, d] history
+        # copies it out of the branch (measured 2026-12-07 at n = 100, d = 1e6: 420 vs 377 ms). Rows with
+        # NaN/inf are zeroed chunk by chunk inside add_rows_and_gram instead, and in the mean below.
+        g = _validate_shapes(updates, weights, "foolsgold")[0]
+        finite = jnp.isfinite(g @ jnp.ones((g.shape[1],), g.dtype))
+        keep = finite
+    n, d = g.shape
+    hist = jnp.zeros((n, d), g.dtype) if state is None else state
+    # the history update and the Gram of the updated rows in one pass (add_rows_and_gram);
+    # cosines from that Gram (no normalised [n, d] copy)
+    hist, gm = add_rows_and_gram(hist, g, ids, keep=keep)
+    inv = 1.0 / jnp.maximum(jnp.sqrt(jnp.maximum(jnp.diagonal(gm), 0.0)), 1e-30)
+    cs = gm * inv[:, None] * inv[None, :] - jnp.eye(n, dtype=g.dtype)
+    v = jnp.max(cs, axis=1)
+    pardon = v[:, None] < v[None, :]
+    cs = jnp.where(pardon, cs * v[:, None] / jnp.where(v[None, :] == 0, 1.0, v[None, :]), cs)
+    alpha = jnp.clip(1.0 - jnp.max(cs, axis=1), 0.0, 1.0)
+    amax = jnp.max(alpha)
+    alpha = jnp.where(amax > 0, alpha / jnp.maximum(amax, 1e-30), 0.0)
+    alpha = jnp.where(alpha == 1.0, 0.99, alpha)
+    logit = jnp.log(jnp.maximum(alpha, 1e-30) / (1.0 - alpha)) + 0.5
+    alpha = jnp.where(alpha > 0, jnp.clip(logit, 0.0, 1.0), 0.0) * finite
+    if keep is None:
+        update = _mean_of(g, alpha > 0, alpha)
+    else:  # 0 * NaN is NaN in the product: the zeroed copy only when some row is not finite
+        update = lax.cond(jnp.all(finite), lambda: _mean_of(g, alpha > 0, alpha),
+                          lambda: _mean_of(jnp.where(finite[:, None], g, 0.0), alpha > 0, alpha))
+    return AggOut(update, alpha > 0), hist
 
 
 def dnc(updates, weights=None, key=None, *, f: int, niters: int = 5, b: int = 10000, c: float = 1.0) -> AggOut:
