@@ -340,6 +340,20 @@ def test_add_rows_and_gram_matches_float64_update_then_gram_over_chunks(ids):
         np.testing.assert_array_equal(np.asarray(st)[others], state[others])
 
 
+def test_row_sq_norms_and_dots_match_float64_over_chunks_with_a_tail():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((5, 2 * D._GRAM_CHUNK + 31)).astype(np.float32)
+    v = rng.standard_normal(x.shape[1]).astype(np.float32)
+    sq, dots = jax.jit(D.row_sq_norms_and_dots)(jnp.asarray(x), jnp.asarray(v))
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(np.asarray(sq), (x64 ** 2).sum(1), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(dots), x64 @ v.astype(np.float64), rtol=1e-4, atol=1e-2)
+    x[3, -2] = np.inf   # in the tail chunk: that row's entries, and only those, are not finite
+    sq, dots = D.row_sq_norms_and_dots(jnp.asarray(x), jnp.asarray(v))
+    assert np.isfinite(np.asarray(sq)).tolist() == [True, True, True, False, True]
+    assert not np.isfinite(np.asarray(dots))[3] and np.isfinite(np.asarray(dots))[[0, 1, 2, 4]].all()
+
+
 # ---------------------------------------------------------------- fast-path pieces
 
 def test_chunked_gram_matches_float64_product_with_a_remainder_chunk():
