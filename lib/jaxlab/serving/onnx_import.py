@@ -795,6 +795,11 @@ def _rnn_scan(b, p, X, consts, seq, h0, c0, out_y, out_h, out_c, dims, flops_ste
     # us per step on one core, XLA's dot 14 us, and ONNX Runtime's whole LSTM step 8.4 us per layer (2 layers,
     # T 16 -> 64 slope). Faster than that one-core loop, so our reading is that ORT splits R over both cores' L2
     # (not verified with counters; the process CPU / wall that benchmarks.chrion prints for ORT is 1.0 there).
+    # Also measured 2026-12-07, not adopted (LSTM, B 1, T 64, interleaved medians, /work/scratch/s4/wave.py): a layer
+    # wavefront inside one executable, the sequence cut into K chunks and stage s running layer l on chunk s - l, the
+    # active layers' steps as one batched product [L, 1, H] x [L, 4H, H] (as the joint bidirectional scan does): hidden
+    # 256, 2 layers 0.94x the time of the layer-by-layer scans at K 4 and 1.03x at K 8; 4 layers 1.21x at K 4. The
+    # batched step over two layers costs about 1.5x one layer's step, so fewer, wider steps do not pay.
     joint = D == 2 and H < _JOINT_SCAN_MAX_HIDDEN and p["acts"][:n_act] == p["acts"][n_act:]
     # The input projection of all T*B rows at once. XLA:CPU's Eigen GEMM runs x[T*B, I] @ W_T[I, G*H]
     # well below ONNX Runtime's prepacked MLAS GEMM at these shapes (measured 2026-12-05, T=16, I=H,
