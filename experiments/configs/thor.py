@@ -182,6 +182,14 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     c.wall.loss_term = True  # profile the classifier loss (CE vs the variants' readout) as its own term (profiler.loss_pair)
     c.wall.loss_windows = 31  # windows of the loss pairs (a small difference of two small costs)
     c.wall.heldout_rounds = 8  # 0: held-out models measured after the profiling; >= 2: in rounds spread over it (experiments.thor.study_wall)
+    # Drift normalisation of the profile, measured 2026-12-07, not adopted: each chain's costs divided by the machine's
+    # speed level at its time, interpolated from the held-out rounds' levels (heldout_round_levels), then refitted on
+    # the same databases (/work/scratch/s4/level.py patching experiments.thor._fit_all; seeds 7 / 8 from the
+    # cover_conv_configs runs, 9 / 10 from the statistic runs below). THOR wall MAPE, none / levels from the odd
+    # (repeat) rounds only / from all rounds (uses the truth's rounds, an upper bound): seed 7 15.35 / 15.58 / 14.48%,
+    # 8 12.23 / 11.59 / 11.30%, 9 16.58 / 14.90 / 15.92%, 10 13.23 / 12.27 / 12.28%. About 1 point on average, none to
+    # 10%, and the levels come from the held-out models themselves; the rest is the estimator's (seed 10's largest
+    # misses are ~50 us MLPs: 8 x 64 -> 16 -> 10 measured 48 us, predicted 26; 8 x 32 -> 128 -> 10 measured 47, predicted 45).
     # > 0: each round interleaves groups of this many held-out models of similar training FLOPs; 0: all together.
     # 2026-12-06, fresh runs of this preset (--config.sim.enabled=False --config.prune.enabled=False
     # --config.wall.al_max=0), seeds 0 / 1 / 2, groups of 4 vs all 24 interleaved (the runs above): THOR 16.8 / 14.2 /
