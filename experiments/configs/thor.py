@@ -189,7 +189,9 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     # (repeat) rounds only / from all rounds (uses the truth's rounds, an upper bound): seed 7 15.35 / 15.58 / 14.48%,
     # 8 12.23 / 11.59 / 11.30%, 9 16.58 / 14.90 / 15.92%, 10 13.23 / 12.27 / 12.28%. About 1 point on average, none to
     # 10%, and the levels come from the held-out models themselves; the rest is the estimator's (seed 10's largest
-    # misses are ~50 us MLPs: 8 x 64 -> 16 -> 10 measured 48 us, predicted 26; 8 x 32 -> 128 -> 10 measured 47, predicted 45).
+    # misses are ~50 us MLPs: 8 x 64 -> 16 -> 10 measured 48 us, predicted 26 as fixed 7.6 + dense 10.1 + act 0.6 +
+    # dense 4.0 + loss 3.7; 8 x 32 -> 128 -> 10 measured 47, predicted 45 with dense 21.8 + 11.7 (/work/scratch/s4/terms.py):
+    # at this size a layer's cost is per-op overhead, and the two whole steps cost the same although their layers do not).
     # > 0: each round interleaves groups of this many held-out models of similar training FLOPs; 0: all together.
     # 2026-12-06, fresh runs of this preset (--config.sim.enabled=False --config.prune.enabled=False
     # --config.wall.al_max=0), seeds 0 / 1 / 2, groups of 4 vs all 24 interleaved (the runs above): THOR 16.8 / 14.2 /
