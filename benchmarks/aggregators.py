@@ -1,7 +1,7 @@
 """Time of every robust aggregation rule (jaxlab, jitted) vs a straightforward vectorised NumPy
 implementation of the same formula, measured in the same process.
 
-    python -m benchmarks.aggregators [--n 100] [--d 1000000] [--f 20] [--repeats 3] [--only krum,median]
+    python -m benchmarks.aggregators [--n 100] [--d 1000000] [--f 20] [--repeats 3] [--only krum,median] [--gap-s 0.1]
 
 Inputs: ``updates [n, d]`` float32 N(0, 1) with f rows shifted (attackers), uniform weights.
 NumPy baselines use float32 too; pairwise distances come from one Gram matrix; medians and
@@ -9,6 +9,11 @@ trimming take the faster of ``np.sort`` and ``np.partition`` (both are timed, th
 Stateful rules (FoolsGold's history, centered clipping's centre) return their new state as well as
 the aggregate on both sides (until 2026-12-07 the jaxlab side returned only the aggregate, which
 let XLA skip writing FoolsGold's new [n, d] history: 0.42 s then, 0.51 s with the history).
+``--gap-s S`` sleeps S seconds before every timed call, so that neither side starts while the other's worker
+threads still spin (as ``benchmarks.chrion`` does for ONNX Runtime). Measured 2026-12-07 with 0.1 s against the
+default 0: FLTrust 0.036 vs 0.048 s (NumPy 0.096 vs 0.093), FedAvg 0.012 vs 0.018 (NumPy 0.009 vs 0.012), but the
+Gram-bound rules slower on both sides (Krum 0.237 vs 0.186, NumPy 0.357 vs 0.224): no single setting is neutral,
+so the default stays 0.
 Times are the best of ``repeats`` rounds after one warm-up, the two sides alternating call by call
 (JAX compile time is printed apart); the load average is printed at the start and the end.
 FLAME's HDBSCAN runs on the host in both versions (sklearn).
@@ -177,9 +182,11 @@ def numpy_rules(f):
             "foolsgold": foolsgold, "dnc": dnc}
 
 
-def best_of(fn, repeats):
+def best_of(fn, repeats, gap_s: float = 0.0):
     ts = []
     for _ in range(repeats):
+        if gap_s:
+            time.sleep(gap_s)
         t0 = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t0)
@@ -211,6 +218,8 @@ def main(argv=None):
     ap.add_argument("--f", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", default="")
+    ap.add_argument("--gap-s", type=float, default=0.0,
+                    help="idle seconds before each timed call (the other side's worker threads may still spin)")
     args = ap.parse_args(argv)
 
     import jax
@@ -262,8 +271,8 @@ def main(argv=None):
         # lands on both sides alike; best of the rounds for each
         t_jax, t_np = [], []
         for _ in range(args.repeats):
-            t_jax.append(best_of(lambda: jax.block_until_ready(jf(gj, wj, key, state, ctx)), 1))
-            t_np.append(best_of(lambda: npf(g, w, *extra), 1))
+            t_jax.append(best_of(lambda: jax.block_until_ready(jf(gj, wj, key, state, ctx)), 1, args.gap_s))
+            t_np.append(best_of(lambda: npf(g, w, *extra), 1, args.gap_s))
         t_jax, t_np = min(t_jax), min(t_np)
         diff = float(np.max(np.abs(out_j - out_n))) if name not in ("dnc", "flame") else float("nan")
         print(f"{name:14s} {t_np:9.3f} {t_jax:9.3f} {t_np / t_jax:8.2f}x {t_compile:10.1f}  {diff:.2e}", flush=True)
