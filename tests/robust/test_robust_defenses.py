@@ -307,6 +307,8 @@ def test_bad_inputs_raise_one_clear_error(G):
             agg.apply(jnp.asarray(bad), None, jax.random.PRNGKey(0), agg.init(15, 40), {"root_update": g.mean(0)})
 
 
+# ---------------------------------------------------------------- fast-path pieces
+
 @pytest.mark.parametrize("ids", [None, (4, 0, 7, 2)])
 def test_add_rows_and_gram_matches_float64_update_then_gram_over_chunks(ids):
     """FoolsGold's one-pass history update + Gram, over 2 full column chunks and a tail, with full
@@ -353,8 +355,6 @@ def test_row_sq_norms_and_dots_match_float64_over_chunks_with_a_tail():
     assert np.isfinite(np.asarray(sq)).tolist() == [True, True, True, False, True]
     assert not np.isfinite(np.asarray(dots))[3] and np.isfinite(np.asarray(dots))[[0, 1, 2, 4]].all()
 
-
-# ---------------------------------------------------------------- fast-path pieces
 
 def test_chunked_gram_matches_float64_product_with_a_remainder_chunk():
     """The Gram matrix is accumulated over column chunks (2 full chunks and a tail here)."""
