@@ -324,10 +324,13 @@ _HELDOUT_PROTOCOL = {
 
 
 def _window_kw(cfg, windows: int, **extra) -> dict:
-    """Measurement settings of the wall-clock study: ``windows``, the study's window length and its
-    window statistic (``cfg.wall.statistic``, read when results are read; see profiler.measure_networks)."""
+    """Measurement settings of the wall-clock study: ``windows``, the study's window length, its
+    window statistic (``cfg.wall.statistic``, read when results are read; see profiler.measure_networks)
+    and the layer implementation the training steps are built with (``cfg.wall.layer_impl``, see
+    profiler.SpecNet)."""
     return dict(windows=int(windows), min_window_s=cfg.wall.min_window_s,
-                statistic=cfg.wall.get("statistic", "median"), **extra)
+                statistic=cfg.wall.get("statistic", "median"), impl=cfg.wall.get("layer_impl", P.DEFAULT_LAYER_IMPL),
+                **extra)
 
 
 def _heldout_rounds(cw) -> int:
@@ -635,6 +638,7 @@ def _check_config(config) -> None:
         check_ints(config, "wall.heldout_group", "wall.al_max", low=0)
         check_number(config, "wall.min_window_s", 0)
         check_choice(config, "wall.statistic", tuple(P.WINDOW_STATISTICS))
+        check_choice(config, "wall.layer_impl", P.LAYER_IMPLS)
         check_number(config, "wall.max_train_flops", 0, low_open=True)
         _chain_source(config.wall)
         _heldout_rounds(config.wall)

@@ -178,6 +178,18 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     # The minimum steadies each measurement (lower floor), but a sum of per-layer differences of minima is not the
     # minimum of the whole model's windows, so the estimator's own error grows on one draw of two.
     c.wall.statistic = "median"
+    # Which Conv / max-Pool the profiled and held-out training steps are built with (profiler.SpecNet): 'flax'
+    # (nn.Conv, nn.max_pool; every wall-clock figure here) or 'jaxlab', the layers of jaxlab's own models (im2col
+    # convolution, reshape max-pool, which avoid XLA:CPU's conv slow paths and max pooling's select-and-scatter
+    # backward). Part of each measurement's DB key. Measured 2026-12-07, not adopted: fresh runs of this preset
+    # with --config.sim.enabled=False --config.prune.enabled=False --config.wall.al_max=0 --config.seed=9 / 10
+    # --config.wall.layer_impl=jaxlab (653 / 604 s of profiling): THOR wall MAPE 27.3 / 16.9% (CNNs 15.6 / 19.2%,
+    # MLPs 39.0 / 14.6%; repeat floor 6.4 / 6.2%) against 16.6 / 13.2% (CNNs 16.9 / 12.5%, MLPs 16.3 / 14.0%)
+    # with 'flax'. The MLPs are the same networks under both, so their 16.3 -> 39.0% on seed 9 (one MLP predicted at
+    # 3.7x its time from a Dense 512 -> 32 term of 0.30 ms) is run-to-run spread of the estimator, not the layers.
+    # The largest CNN miss stays: Conv(64, 3x3) on 28x28x1 at batch 64, then max-pool and Dense(64), -71% (29.8 ms
+    # measured, conv term 6.3 ms) against -56% with 'flax' (74.4 ms, its pool term 20.5 ms).
+    c.wall.layer_impl = "flax"
     c.wall.heldout_windows = 11  # per measurement (per round when heldout_rounds > 0)
     c.wall.loss_term = True  # profile the classifier loss (CE vs the variants' readout) as its own term (profiler.loss_pair)
     c.wall.loss_windows = 31  # windows of the loss pairs (a small difference of two small costs)

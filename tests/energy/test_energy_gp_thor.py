@@ -574,3 +574,18 @@ def test_meter_noise_floor_keeps_a_sparsely_profiled_kind_honest(sim_setup):
 
     z_floored, z_loose = conv_z(floored), conv_z(loose)
     assert z_floored < 5 and z_loose > 3 * z_floored
+
+
+def test_wall_layer_impl_reaches_the_measurements_and_a_bad_one_is_rejected():
+    from experiments.configs.thor import get_config
+    from experiments.thor import _check_config, _window_kw
+
+    cfg = get_config("quick")
+    assert _window_kw(cfg, 3)["impl"] == "flax" == P.DEFAULT_LAYER_IMPL
+    cfg.wall.layer_impl = "jaxlab"
+    _check_config(cfg)
+    assert _window_kw(cfg, 3, tag="t") == dict(windows=3, min_window_s=cfg.wall.min_window_s, statistic="median",
+                                                impl="jaxlab", tag="t")
+    cfg.wall.layer_impl = "torch"
+    with pytest.raises(ValueError, match="wall.layer_impl='torch'"):
+        _check_config(cfg)

@@ -72,6 +72,42 @@ def test_specnet_matches_placed_shapes_and_param_counts():
         p.n_params for p in P.place(seq))
 
 
+def test_layer_impls_compute_the_same_step_from_the_same_parameters():
+    """SpecNet's 'jaxlab' layers (im2col conv, reshape max-pool) and flax's: same parameters, same
+    outputs and the same training step, up to float32 rounding."""
+    import jax
+
+    net = Network((9, 9, 3), (Conv(5, 3, 2, "SAME"), Act("relu"), Conv(4, 3, 1, "VALID"), Pool(2, "max"),
+                              Dense(10)), batch=4, num_classes=10)
+    x = np.random.default_rng(0).normal(size=(4, 9, 9, 3)).astype(np.float32)
+    vj = P.SpecNet(net.layers, "jaxlab").init(jax.random.PRNGKey(1), x)
+    vf = P.SpecNet(net.layers, "flax").init(jax.random.PRNGKey(1), x)
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: bool(np.array_equal(a, b)), vj, vf))
+    outs = [P.SpecNet(net.layers, i).apply(vj, x) for i in ("jaxlab", "flax")]
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    steps = [P.make_train_step(net, impl=i) for i in ("jaxlab", "flax")]
+    (pj, _, _), lj = steps[0][0](steps[0][1], *steps[0][2])
+    (pf, _, _), lf = steps[1][0](steps[1][1], *steps[1][2])
+    assert float(lj) == pytest.approx(float(lf), rel=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(pj), jax.tree_util.tree_leaves(pf)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="impl='torch'"):
+        P.make_train_step(net, impl="torch")
+
+
+def test_layer_impl_is_part_of_the_db_key_and_flax_keeps_the_legacy_key(tmp_path):
+    db = P.ProfileDB(str(tmp_path / "db.jsonl"))
+    meter = M.wallclock_meter()
+    net = Network((6, 6, 1), (Conv(2, 3), Pool(2, "max")), batch=2)
+    kw = dict(windows=2, min_window_s=0.001, tag="t")
+    P.measure_networks(meter, [net], db, **kw)  # the default, "flax"
+    P.measure_networks(meter, [net], db, impl="jaxlab", **kw)
+    assert len(db) == 2  # one record per implementation, neither re-used for the other
+    legacy = P.network_key(net, meter.name, dict(kw, interleaved=True))  # the key before the option existed
+    assert db.get(legacy) is not None
+    assert db.get(P.network_key(net, meter.name, dict(kw, interleaved=True, layers="jaxlab"))) is not None
+
+
 def test_train_step_matches_numpy_sgd_momentum_for_dense():
     """One jitted step of a 1-layer readout network vs a float64 numpy re-derivation."""
     net = Network((4,), (Dense(3),), batch=5)

@@ -44,7 +44,7 @@ __all__ = [
     "Network", "PlacedLayer", "place", "layer_kind", "feature_vector", "fixed_features",
     "network_train_flops", "spec_to_json", "spec_from_json", "network_to_json", "network_from_json",
     "network_key", "SpecNet", "make_train_step", "ProfileDB", "measure_network", "measure_networks", "prefixes",
-    "WINDOW_STATISTICS",
+    "WINDOW_STATISTICS", "LAYER_IMPLS", "DEFAULT_LAYER_IMPL",
     "LayerSample", "chain_samples", "loss_features", "loss_pair", "loss_sample", "cost_terms",
 ]
 
@@ -316,28 +316,60 @@ def network_key(net: Network, meter_name: str, extra: dict | None = None) -> str
 # ---------------------------------------------------------------------------------------------
 # Flax model and training step
 # ---------------------------------------------------------------------------------------------
+# Which implementation of Conv and max-Pool a profiled network is built with [our choice; see
+# :func:`SpecNet`]. "jaxlab": the layers of jaxlab's own models (``jaxlab.models.layers``: on CPU
+# the im2col convolution and the reshape max-pool); "flax": ``nn.Conv`` and ``nn.max_pool``.
+LAYER_IMPLS = ("jaxlab", "flax")
+DEFAULT_LAYER_IMPL = "flax"  # see SpecNet: "jaxlab" was measured and not adopted for THOR
+
+
+def _check_layer_impl(impl: str) -> str:
+    if impl not in LAYER_IMPLS:
+        raise ValueError(f"impl={impl!r}: use one of {LAYER_IMPLS} ('jaxlab': the layers of jaxlab.models, "
+                         "'flax': nn.Conv and nn.max_pool)")
+    return impl
+
+
+def _impl_settings(impl: str) -> dict:
+    """The layer implementation's part of a DB key: empty for "flax", so databases measured before
+    the option existed (all "flax") keep their keys and are re-used only by "flax" runs."""
+    return {} if _check_layer_impl(impl) == "flax" else {"layers": impl}
+
+
 def _build_module():
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
 
+    from jaxlab.models.layers import Conv as JaxlabConv
+    from jaxlab.models.layers import max_pool as jaxlab_max_pool
+
     class SpecNet(nn.Module):
         """A Flax model built from a tuple of layer specs (see :class:`Network`)."""
 
         layers: tuple
+        impl: str = DEFAULT_LAYER_IMPL
 
         @nn.compact
         def __call__(self, x, train: bool = True):
+            jaxlab = _check_layer_impl(self.impl) == "jaxlab"
             for i, spec in enumerate(self.layers):
                 kind = layer_kind(spec)
                 name = f"{kind}{i}"
-                if kind == "conv":
+                if kind == "conv" and jaxlab:
+                    # flax's initialisers (lecun-normal kernel, zero bias) and parameter names, so both
+                    # implementations start from the same parameters.
+                    x = JaxlabConv(spec.features, (spec.kernel, spec.kernel), strides=(spec.stride, spec.stride),
+                                   padding=spec.padding, torch_init=False, name=name)(x)
+                elif kind == "conv":
                     x = nn.Conv(spec.features, (spec.kernel, spec.kernel), strides=(spec.stride, spec.stride),
                                 padding=spec.padding, name=name)(x)
                 elif kind == "dense":
                     x = nn.Dense(spec.features, name=name)(x.reshape((x.shape[0], -1)))
                 elif kind == "bn":
                     x = nn.BatchNorm(use_running_average=not train, momentum=spec.momentum, name=name)(x)
+                elif kind == "pool" and jaxlab and spec.kind == "max":
+                    x = jaxlab_max_pool(x, spec.window)
                 elif kind == "pool":
                     f = nn.max_pool if spec.kind == "max" else nn.avg_pool
                     x = f(x, (spec.window, spec.window), strides=(spec.window, spec.window), padding="VALID")
@@ -353,12 +385,26 @@ def _build_module():
 _SPECNET = None
 
 
-def SpecNet(layers: tuple):
-    """The Flax linen module of a layer-spec stack (built lazily so this module imports without JAX)."""
+def SpecNet(layers: tuple, impl: str = DEFAULT_LAYER_IMPL):
+    """The Flax linen module of a layer-spec stack (built lazily so this module imports without JAX).
+
+    ``impl`` (see :data:`LAYER_IMPLS`) [our choice]: ``"flax"`` (the default) uses ``nn.Conv`` and
+    ``nn.max_pool``; ``"jaxlab"`` builds Conv and max Pool from ``jaxlab.models.layers``, the layers
+    jaxlab's own models train with (``Conv(impl="auto")``: im2col + one GEMM on CPU,
+    ``lax.conv_general_dilated`` elsewhere; max pooling as a reshape and a max, whose gradient is a mask).
+    Both compute the same function from the same parameters (names, shapes and initial values), so
+    the choice changes only what a training step costs. On XLA:CPU the flax layers leave the fast
+    path in configuration-dependent ways (the conv slow paths that the ``valid`` and ``kbig``
+    features flag; max pooling's backward is a ``select_and_scatter``): measured 2026-12-07, Conv(64,
+    3x3, SAME) -> ReLU -> max-pool 2 at 28x28x1, batch 64: 67-69 ms per training iteration against
+    6.5-6.9 ms without the pool; 18-33 ms with the jaxlab layers. Not the default: THOR's wall-clock
+    MAPE with the jaxlab layers, fresh profiles of the paper preset's seeds 9 / 10 (2026-12-07), was
+    27.3 / 16.9% (CNNs 15.6 / 19.2%) against 16.6 / 13.2% (CNNs 16.9 / 12.5%) with the flax layers
+    (see experiments/configs/thor.py)."""
     global _SPECNET
     if _SPECNET is None:
         _SPECNET = _build_module()
-    return _SPECNET(tuple(layers))
+    return _SPECNET(tuple(layers), _check_layer_impl(impl))
 
 
 def _loss(net: Network, out, y):
@@ -371,20 +417,21 @@ def _loss(net: Network, out, y):
 
 
 def make_train_step(net: Network, *, lr: float = 0.01, momentum: float = 0.9, seed: int = 0,
-                    variables: dict | None = None):
+                    variables: dict | None = None, impl: str = DEFAULT_LAYER_IMPL):
     """One jitted training iteration of ``net`` and its initial state.
 
     Returns ``(step, state, batch)`` with ``step(state, x, y) -> (state, loss)``, ``state =
     (params, batch_stats, opt_state)`` and a synthetic ``batch = (x [B, *input_shape] float32,
     y [B] int32)`` [our choice: one fixed on-device batch, so data loading is not measured].
     Optimizer: SGD with momentum [our choice]. ``variables`` overrides the initial parameters.
+    ``impl``: the Conv / max-Pool implementation (see :func:`SpecNet`).
     """
     import jax
     import jax.numpy as jnp
     import optax
 
     place(net)  # validates shapes before tracing
-    module = SpecNet(net.layers)
+    module = SpecNet(net.layers, impl)
     kx, ky, kp = jax.random.split(jax.random.PRNGKey(seed), 3)
     x = jax.random.normal(kx, (net.batch, *net.input_shape), jnp.float32)
     y = jax.random.randint(ky, (net.batch,), 0, net.num_classes or 2)
@@ -468,15 +515,18 @@ def _window_statistic(statistic: str) -> Callable[[Sequence[float]], float]:
 
 
 def measure_network(meter: Meter, net: Network, db: ProfileDB | None = None, *, windows: int = 5,
-                    min_window_s: float = 0.05, warmup: int = 2, tag: str = "") -> Measurement:
+                    min_window_s: float = 0.05, warmup: int = 2, tag: str = "",
+                    impl: str = DEFAULT_LAYER_IMPL) -> Measurement:
     """Per-iteration cost of training ``net`` under ``meter`` (re-used from ``db`` when present).
 
     Simulated meters evaluate their device model on the placed layers; real meters compile the
     network's own training step and measure medians of ``windows`` windows (see
     :func:`jaxlab.energy.meters.measure_iterations`). ``tag`` lets callers keep separate
-    measurements of the same network (e.g. repeated held-out measurements).
+    measurements of the same network (e.g. repeated held-out measurements). ``impl``: the layer
+    implementation a real meter's training step is built with (see :func:`SpecNet`; part of the key).
     """
-    settings = {"windows": windows, "min_window_s": min_window_s, "tag": tag} if meter.simulate is None else {"tag": tag}
+    settings = ({"windows": windows, "min_window_s": min_window_s, "tag": tag, **_impl_settings(impl)}
+                if meter.simulate is None else {"tag": tag})
     key = network_key(net, meter.name, settings)
     if db is not None and key in db:
         r = db.get(key)
@@ -485,7 +535,7 @@ def measure_network(meter: Meter, net: Network, db: ProfileDB | None = None, *, 
     if meter.simulate is not None:
         m = meter.simulate([p.cost_record() for p in place(net)])
     else:
-        step, state, (x, y) = make_train_step(net)
+        step, state, (x, y) = make_train_step(net, impl=impl)
         m = measure_iterations(meter, lambda s: step(s[0], x, y), (state, 0.0), warmup=warmup, windows=windows,
                                min_window_s=min_window_s, stats=stats)
     if db is not None:
@@ -496,14 +546,16 @@ def measure_network(meter: Meter, net: Network, db: ProfileDB | None = None, *, 
     return m
 
 
-def _interleaved_key(net: Network, meter_name: str, windows: int, min_window_s: float, tag: str) -> str:
+def _interleaved_key(net: Network, meter_name: str, windows: int, min_window_s: float, tag: str, impl: str) -> str:
     """DB key of an interleaved measurement (:func:`measure_networks`) of ``net``."""
-    return network_key(net, meter_name, {"windows": windows, "min_window_s": min_window_s, "tag": tag, "interleaved": True})
+    return network_key(net, meter_name, {"windows": windows, "min_window_s": min_window_s, "tag": tag, "interleaved": True,
+                                         **_impl_settings(impl)})
 
 
 def measure_networks(meter: Meter, nets: Sequence[Network], db: ProfileDB | None = None, *, windows: int = 9,
                      min_window_s: float = 0.02, warmup: int = 2, tag: str = "", clock: str = "meter",
-                     compiled: dict | None = None, statistic: str = "median") -> list[Measurement]:
+                     compiled: dict | None = None, statistic: str = "median",
+                     impl: str = DEFAULT_LAYER_IMPL) -> list[Measurement]:
     """Per-iteration costs of several networks, measured together with interleaved windows.
 
     Networks already in ``db`` are read back; the others are compiled (each its own jitted step)
@@ -519,6 +571,9 @@ def measure_networks(meter: Meter, nets: Sequence[Network], db: ProfileDB | None
     figure when the result is read: ``'median'`` (the DB record's own ``seconds``) or ``'min'``.
     It is not part of the DB key, so one measurement serves both. It applies to time only
     (``joules`` stay the meter's median).
+
+    ``impl``: the layer implementation the training steps are built with (see :func:`SpecNet`);
+    part of the DB key, so measurements of the two implementations never stand in for each other.
     """
     from jaxlab.energy.meters import measure_interleaved
 
@@ -526,16 +581,16 @@ def measure_networks(meter: Meter, nets: Sequence[Network], db: ProfileDB | None
 
     if meter.simulate is not None:
         return [measure_network(meter, n, db, tag=tag) for n in nets]
-    keys = [_interleaved_key(n, meter.name, windows, min_window_s, tag) for n in nets]
+    keys = [_interleaved_key(n, meter.name, windows, min_window_s, tag, impl) for n in nets]
     todo = [i for i, k in enumerate(keys) if db is None or k not in db]
     fresh = {}
     if todo:
         cache = {} if compiled is None else compiled
         built = []
         for i in todo:
-            ck = network_key(nets[i], "compiled")
+            ck = network_key(nets[i], "compiled", _impl_settings(impl))
             if ck not in cache:
-                cache[ck] = make_train_step(nets[i])
+                cache[ck] = make_train_step(nets[i], impl=impl)
             built.append(cache[ck])
         steps = [(lambda s, st=st, x=x, y=y: st(s[0], x, y)) for st, _, (x, y) in built]
         stats: list = []
@@ -577,7 +632,7 @@ def measure_networks(meter: Meter, nets: Sequence[Network], db: ProfileDB | None
 
 def pooled_measurements(meter: Meter, nets: Sequence[Network], db: ProfileDB, tags: Sequence[str], *,
                         windows: int = 9, min_window_s: float = 0.02, clock: str = "meter",
-                        statistic: str = "median") -> list[Measurement]:
+                        statistic: str = "median", impl: str = DEFAULT_LAYER_IMPL) -> list[Measurement]:
     """Per-iteration costs of ``nets`` from measurements already in ``db`` under several ``tags``
     (e.g. rounds taken at different times): the median (``statistic``, see
     :data:`WINDOW_STATISTICS`) of all their windows pooled.
@@ -596,7 +651,7 @@ def pooled_measurements(meter: Meter, nets: Sequence[Network], db: ProfileDB, ta
     for n in nets:
         pooled = []
         for tag in tags:
-            r = db.get(_interleaved_key(n, meter.name, windows, min_window_s, tag))
+            r = db.get(_interleaved_key(n, meter.name, windows, min_window_s, tag, impl))
             if r is None or r.get(field) is None:
                 raise KeyError(f"no {field} for tag {tag!r} of network {network_to_json(n)} in {db.path}: "
                                "measure it with measure_networks(..., tag=...) first")
