@@ -82,6 +82,49 @@ def _predict_all(models, nets):
             "flops": [B.predict_flops_linear(fl, n) for n in nets], "neuralpower": [B.predict_neuralpower(npw, n) for n in nets]}
 
 
+def _describe(net) -> str:
+    """A one-line description of a network, e.g. ``b64 28x28x1: conv64k3 relu maxpool2 dense64 relu dense10``."""
+    words = []
+    for spec in net.layers:
+        kind = P.layer_kind(spec)
+        if kind == "conv":
+            words.append(f"conv{spec.features}k{spec.kernel}" + (f"s{spec.stride}" if spec.stride != 1 else "")
+                         + ("" if spec.padding == "SAME" else f"{spec.padding.lower()}"))
+        elif kind == "dense":
+            words.append(f"dense{spec.features}")
+        elif kind == "pool":
+            words.append(f"{spec.kind}pool{spec.window}")
+        elif kind == "act":
+            words.append(spec.kind)
+        elif kind == "lstm":
+            words.append(f"lstm{spec.hidden}")
+        else:
+            words.append(kind)
+    return f"b{net.batch} {'x'.join(str(d) for d in net.input_shape)}: " + " ".join(words)
+
+
+def _per_model(held, fams, measured, pred, thor_model) -> list[dict]:
+    """Each held-out model's measured cost, every method's prediction and THOR's per-term breakdown
+    (seconds), so a user can see which layer term a miss comes from."""
+    rows = []
+    for i, net in enumerate(held):
+        rows.append({"model": _describe(net), "family": fams[i], "measured": measured[i],
+                     **{m: pred[m][i] for m in ("thor", "flops", "neuralpower")},
+                     "thor_error_pct": 100.0 * (pred["thor"][i] - measured[i]) / measured[i],
+                     "thor_terms": [[k, c] for k, c in T.estimate(thor_model, net).per_layer]})
+    return rows
+
+
+def _misses_table(rows, n: int = 8) -> str:
+    """The ``n`` largest THOR misses as a Markdown table (ms), with their two largest terms."""
+    worst = sorted(rows, key=lambda r: -abs(r["thor_error_pct"]))[:n]
+    return markdown_table([
+        {"model": r["model"], "measured ms": r["measured"] * 1e3, "THOR ms": r["thor"] * 1e3,
+         "THOR error %": r["thor_error_pct"], "FLOPs ms": r["flops"] * 1e3,
+         "largest THOR terms (ms)": ", ".join(f"{k} {c * 1e3:.3g}" for k, c in
+                                            sorted(r["thor_terms"], key=lambda t: -t[1])[:2])} for r in worst])
+
+
 def _mapes(pred, measured, families):
     out = {m: T.mape(pred[m], measured) for m in ("thor", "flops", "neuralpower")}
     per_family = {}
@@ -453,7 +496,8 @@ def study_wall(cfg, wd: Workdir, log):
                              "p90_rel_spread_of_windows": float(np.quantile(spreads, 0.9)) if spreads else None,
                              "windows": cfg.wall.windows, "heldout_windows": cfg.wall.heldout_windows,
                              "load_average_at_end": os.getloadavg()},
-            "scatter": {"measured": measured, **{k: pred[k] for k in ("thor", "flops", "neuralpower")}, "family": fams}}
+            "scatter": {"measured": measured, **{k: pred[k] for k in ("thor", "flops", "neuralpower")}, "family": fams},
+            "models": _per_model(held, fams, measured, pred, models[0])}
         log(study=label, mape_thor=res["thor"], mape_flops=res["flops"], mape_neuralpower=res["neuralpower"])
         fitted[label] = (costs, measured)
     if cfg.wall.al_max > 0:
@@ -691,6 +735,10 @@ def run(config, workdir) -> dict:
              "random's final MAPE % (chains)": f"{al['random_final_mape']:.2f} ({al['random_chains']})",
              "AL chains to reach it / random's, seed-mean curve": _frac(al["al_fraction_of_random_configs"]),
              "same, per-seed median": _frac(al["fraction_per_seed_median"])} for st, al in als])
+    for st in ("wall", "cpu"):
+        if summary.get(st, {}).get("models"):
+            text += f"\n\n**{st}: the largest THOR misses** (all {len(summary[st]['models'])} models: summary.json `{st}.models`)\n\n"
+            text += _misses_table(summary[st]["models"])
     wd.write_text("results.md", text)
     return wd.write_summary(summary)
 

@@ -498,6 +498,12 @@ def test_wall_study_heldout_rounds_spread_over_profiling(tmp_path):
     assert n_round == [2, 2, 2, 2] and len(tags) == len(db)
     w = out["wall"]
     assert "rounds spread evenly" in w["heldout_protocol"] and "odd rounds" in w["repeat_measurement_note"]
+    # per-model rows: THOR's terms add up to its prediction, the error is against the measurement
+    assert len(w["models"]) == 2
+    for r, m, t in zip(w["models"], w["scatter"]["measured"], w["scatter"]["thor"]):
+        assert r["measured"] == m and r["thor"] == t and r["model"].startswith("b")
+        assert sum(c for _, c in r["thor_terms"]) == pytest.approx(t, rel=0.05)
+        assert r["thor_error_pct"] == pytest.approx(100 * (t - m) / m)
     assert "groups of 1 models of similar training FLOPs" in w["heldout_protocol"]
     levels = w["heldout_round_levels"]
     assert len(levels) == 4 and all(lv > 0 for lv in levels)
