@@ -397,7 +397,7 @@ def SpecNet(layers: tuple, impl: str = DEFAULT_LAYER_IMPL):
     path in configuration-dependent ways (the conv slow paths that the ``valid`` and ``kbig``
     features flag; max pooling's backward is a ``select_and_scatter``): measured 2026-12-07, Conv(64,
     3x3, SAME) -> ReLU -> max-pool 2 at 28x28x1, batch 64: 67-69 ms per training iteration against
-    6.5-6.9 ms without the pool; 18-33 ms with the jaxlab layers. Not the default: THOR's wall-clock
+    6.5-6.9 ms without the pool; the same three layers 18-33 ms with the jaxlab layers. Not the default: THOR's wall-clock
     MAPE with the jaxlab layers, fresh profiles of the paper preset's seeds 9 / 10 (2026-12-07), was
     27.3 / 16.9% (CNNs 15.6 / 19.2%) against 16.6 / 13.2% (CNNs 16.9 / 12.5%) with the flax layers
     (see experiments/configs/thor.py)."""
