@@ -79,6 +79,7 @@ def _predict_all(models, nets):
     thor, fl, npw = models
     est = [T.estimate(thor, n) for n in nets]
     return {"thor": [e.total for e in est], "thor_lower": [e.lower for e in est], "thor_upper": [e.upper for e in est],
+            "thor_terms": [[[k, c] for k, c in e.per_layer] for e in est],
             "flops": [B.predict_flops_linear(fl, n) for n in nets], "neuralpower": [B.predict_neuralpower(npw, n) for n in nets]}
 
 
@@ -89,7 +90,7 @@ def _describe(net) -> str:
         kind = P.layer_kind(spec)
         if kind == "conv":
             words.append(f"conv{spec.features}k{spec.kernel}" + (f"s{spec.stride}" if spec.stride != 1 else "")
-                         + ("" if spec.padding == "SAME" else f"{spec.padding.lower()}"))
+                         + ("" if spec.padding == "SAME" else spec.padding.lower()))
         elif kind == "dense":
             words.append(f"dense{spec.features}")
         elif kind == "pool":
@@ -103,15 +104,15 @@ def _describe(net) -> str:
     return f"b{net.batch} {'x'.join(str(d) for d in net.input_shape)}: " + " ".join(words)
 
 
-def _per_model(held, fams, measured, pred, thor_model) -> list[dict]:
+def _per_model(held, fams, measured, pred) -> list[dict]:
     """Each held-out model's measured cost, every method's prediction and THOR's per-term breakdown
-    (seconds), so a user can see which layer term a miss comes from."""
+    (seconds, from :func:`_predict_all`), so a user can see which layer term a miss comes from."""
     rows = []
     for i, net in enumerate(held):
         rows.append({"model": _describe(net), "family": fams[i], "measured": measured[i],
                      **{m: pred[m][i] for m in ("thor", "flops", "neuralpower")},
                      "thor_error_pct": 100.0 * (pred["thor"][i] - measured[i]) / measured[i],
-                     "thor_terms": [[k, c] for k, c in T.estimate(thor_model, net).per_layer]})
+                     "thor_terms": pred["thor_terms"][i]})
     return rows
 
 
@@ -497,7 +498,7 @@ def study_wall(cfg, wd: Workdir, log):
                              "windows": cfg.wall.windows, "heldout_windows": cfg.wall.heldout_windows,
                              "load_average_at_end": os.getloadavg()},
             "scatter": {"measured": measured, **{k: pred[k] for k in ("thor", "flops", "neuralpower")}, "family": fams},
-            "models": _per_model(held, fams, measured, pred, models[0])}
+            "models": _per_model(held, fams, measured, pred)}
         log(study=label, mape_thor=res["thor"], mape_flops=res["flops"], mape_neuralpower=res["neuralpower"])
         fitted[label] = (costs, measured)
     if cfg.wall.al_max > 0:

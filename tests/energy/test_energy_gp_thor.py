@@ -502,7 +502,7 @@ def test_wall_study_heldout_rounds_spread_over_profiling(tmp_path):
     assert len(w["models"]) == 2
     for r, m, t in zip(w["models"], w["scatter"]["measured"], w["scatter"]["thor"]):
         assert r["measured"] == m and r["thor"] == t and r["model"].startswith("b")
-        assert sum(c for _, c in r["thor_terms"]) == pytest.approx(t, rel=0.05)
+        assert sum(c for _, c in r["thor_terms"]) == pytest.approx(t, rel=1e-9)
         assert r["thor_error_pct"] == pytest.approx(100 * (t - m) / m)
     assert "groups of 1 models of similar training FLOPs" in w["heldout_protocol"]
     levels = w["heldout_round_levels"]
