@@ -374,7 +374,13 @@ def _window_kw(cfg, windows: int, **extra) -> dict:
     profiler.SpecNet)."""
     return dict(windows=int(windows), min_window_s=cfg.wall.min_window_s,
                 statistic=cfg.wall.get("statistic", "median"), impl=cfg.wall.get("layer_impl", P.DEFAULT_LAYER_IMPL),
-                **extra)
+                **_loop_kw(cfg), **extra)
+
+
+def _loop_kw(cfg) -> dict:
+    """``loop`` only when it is not the default, so callers' settings dicts stay as they were."""
+    loop = cfg.wall.get("loop", P.DEFAULT_LOOP)
+    return {} if loop == P.DEFAULT_LOOP else {"loop": loop}
 
 
 def _heldout_rounds(cw) -> int:
@@ -684,6 +690,7 @@ def _check_config(config) -> None:
         check_number(config, "wall.min_window_s", 0)
         check_choice(config, "wall.statistic", tuple(P.WINDOW_STATISTICS))
         check_choice(config, "wall.layer_impl", P.LAYER_IMPLS)
+        check_choice(config, "wall.loop", P.LOOPS)
         check_number(config, "wall.max_train_flops", 0, low_open=True)
         _chain_source(config.wall)
         _heldout_rounds(config.wall)

@@ -190,6 +190,9 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     # The largest CNN miss stays: Conv(64, 3x3) on 28x28x1 at batch 64, then max-pool and Dense(64), -71% (29.8 ms
     # measured, conv term 6.3 ms) against -56% with 'flax' (74.4 ms, its pool term 20.5 ms).
     c.wall.layer_impl = "flax"
+    # How the timed iterations are driven (profiler.LOOPS, profiler.device_loop_step): 'python' (one dispatch per
+    # iteration) or 'device' (k iterations per dispatch in a jitted fori_loop). Part of the DB key when not 'python'.
+    c.wall.loop = "python"
     c.wall.heldout_windows = 11  # per measurement (per round when heldout_rounds > 0)
     c.wall.loss_term = True  # profile the classifier loss (CE vs the variants' readout) as its own term (profiler.loss_pair)
     c.wall.loss_windows = 31  # windows of the loss pairs (a small difference of two small costs)

@@ -595,3 +595,17 @@ def test_wall_layer_impl_reaches_the_measurements_and_a_bad_one_is_rejected():
     cfg.wall.layer_impl = "torch"
     with pytest.raises(ValueError, match="wall.layer_impl='torch'"):
         _check_config(cfg)
+
+
+def test_wall_loop_reaches_the_measurements_only_when_not_the_default_and_a_bad_one_is_rejected():
+    from experiments.configs.thor import get_config
+    from experiments.thor import _check_config, _window_kw
+
+    cfg = get_config("quick")
+    assert cfg.wall.loop == P.DEFAULT_LOOP == "python" and "loop" not in _window_kw(cfg, 3)
+    cfg.wall.loop = "unrolled"
+    _check_config(cfg)
+    assert _window_kw(cfg, 3)["loop"] == "unrolled"
+    cfg.wall.loop = "fori"
+    with pytest.raises(ValueError, match="wall.loop='fori'"):
+        _check_config(cfg)

@@ -108,6 +108,59 @@ def test_layer_impl_is_part_of_the_db_key_and_flax_keeps_the_legacy_key(tmp_path
     assert db.get(P.network_key(net, meter.name, dict(kw, interleaved=True, layers="jaxlab"))) is not None
 
 
+def test_unrolled_step_runs_exactly_k_python_steps():
+    import jax
+
+    net = Network((6,), (Dense(5), Act("tanh"), Dense(3)), batch=4, num_classes=3)
+    step, state, (x, y) = P.make_train_step(net, lr=0.1)
+    many = P.unrolled_step(step, 4)
+    ref = state
+    for _ in range(4):
+        ref, _ = step(ref, x, y)
+    for a, b in zip(jax.tree_util.tree_leaves(many(state, x, y)), jax.tree_util.tree_leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # and not the state after 3 or 5 steps
+    three = state
+    for _ in range(3):
+        three, _ = step(three, x, y)
+    assert not np.allclose(jax.tree_util.tree_leaves(three)[0], jax.tree_util.tree_leaves(ref)[0])
+
+
+def test_unroll_factor_is_the_power_of_two_above_a_quarter_window():
+    w = 0.02  # a quarter window = 5 ms
+    assert P._unroll_factor(5e-3, w) == 1 and P._unroll_factor(20e-3, w) == 1
+    assert P._unroll_factor(2.5e-3, w) == 2 and P._unroll_factor(2.4e-3, w) == 4
+    assert P._unroll_factor(1e-3, w) == 8 and P._unroll_factor(1e-6, w) == P.MAX_UNROLL == 8
+
+
+def test_unrolled_loop_is_per_iteration_keyed_apart_and_re_used(tmp_path):
+    db = P.ProfileDB(str(tmp_path / "db.jsonl"))
+    meter = M.wallclock_meter()
+    nets = [Network((6,), (Dense(4),), batch=2), Network((6,), (Dense(8), Act()), batch=2)]
+    kw = dict(windows=3, min_window_s=0.004, tag="t")
+    py = P.measure_networks(meter, nets, db, **kw)
+    compiled: dict = {}
+    un = P.measure_networks(meter, nets, db, loop="unrolled", compiled=compiled, **kw)
+    assert len(db) == 4  # one record per loop, neither re-used for the other
+    legacy = [db.get(P.network_key(n, meter.name, dict(kw, interleaved=True))) for n in nets]
+    recs = [db.get(P.network_key(n, meter.name, dict(kw, interleaved=True, loop="unrolled"))) for n in nets]
+    assert all(r is not None and "unroll" not in r for r in legacy)
+    for m, r in zip(un, recs):
+        # a ~20-50 us step against a 1 ms quarter window: unrolled the most; the record is per iteration
+        assert r["unroll"] == P.MAX_UNROLL and r["iters"] % r["unroll"] == 0
+        assert m.seconds == r["seconds"] == pytest.approx(float(np.median(r["windows_s"])))
+        assert r["cpu_seconds"] == pytest.approx(float(np.median(r["cpu_windows_s"])))
+    # per iteration, not per call of k iterations: within a few x of the Python loop's figure
+    assert all(0.1 < u.seconds / p.seconds < 3.0 for u, p in zip(un, py))
+    n_compiled = len(compiled)
+    again = P.measure_networks(meter, nets, db, loop="unrolled", compiled=compiled, **dict(kw, tag="t2"))
+    assert len(compiled) == n_compiled and len(db) == 6 and all(m.seconds > 0 for m in again)
+    assert [m.seconds for m in P.measure_networks(meter, nets, db, loop="unrolled", **kw)] == [m.seconds for m in un]
+    assert P.measure_network(meter, nets[0], db, windows=2, min_window_s=0.004, loop="unrolled").seconds > 0
+    with pytest.raises(ValueError, match="loop='fori'"):
+        P.measure_networks(meter, nets, db, loop="fori", **dict(kw, tag="t3"))
+
+
 def test_train_step_matches_numpy_sgd_momentum_for_dense():
     """One jitted step of a 1-layer readout network vs a float64 numpy re-derivation."""
     net = Network((4,), (Dense(3),), batch=5)

@@ -44,7 +44,7 @@ __all__ = [
     "Network", "PlacedLayer", "place", "layer_kind", "feature_vector", "fixed_features",
     "network_train_flops", "spec_to_json", "spec_from_json", "network_to_json", "network_from_json",
     "network_key", "SpecNet", "make_train_step", "ProfileDB", "measure_network", "measure_networks", "prefixes",
-    "WINDOW_STATISTICS", "LAYER_IMPLS", "DEFAULT_LAYER_IMPL",
+    "WINDOW_STATISTICS", "LAYER_IMPLS", "DEFAULT_LAYER_IMPL", "LOOPS", "DEFAULT_LOOP", "unrolled_step",
     "LayerSample", "chain_samples", "loss_features", "loss_pair", "loss_sample", "cost_terms",
 ]
 
@@ -330,10 +330,14 @@ def _check_layer_impl(impl: str) -> str:
     return impl
 
 
-def _impl_settings(impl: str) -> dict:
-    """The layer implementation's part of a DB key: empty for "flax", so databases measured before
-    the option existed (all "flax") keep their keys and are re-used only by "flax" runs."""
-    return {} if _check_layer_impl(impl) == "flax" else {"layers": impl}
+def _impl_settings(impl: str, loop: str = "python") -> dict:
+    """The layer implementation's and the iteration loop's part of a DB key: empty for "flax" and
+    "python", so databases measured before the options existed keep their keys and are re-used only
+    by runs with those settings."""
+    out = {} if _check_layer_impl(impl) == "flax" else {"layers": impl}
+    if _check_loop(loop) != "python":
+        out["loop"] = loop
+    return out
 
 
 def _build_module():
@@ -514,9 +518,91 @@ def _window_statistic(statistic: str) -> Callable[[Sequence[float]], float]:
     return WINDOW_STATISTICS[statistic]
 
 
+# How the timed training iterations are driven [our choice, see :func:`unrolled_step`]. "python": one
+# dispatch of the jitted step per iteration from a Python loop (how most training scripts run, and the
+# only form before 2026-12-08); "unrolled": small steps are traced k times into one jitted function
+# (k in 1, 2, 4, 8), so the host's per-dispatch cost is shared by k iterations.
+LOOPS = ("python", "unrolled")
+DEFAULT_LOOP = "python"
+MAX_UNROLL = 8
+
+
+def _check_loop(loop: str) -> str:
+    if loop not in LOOPS:
+        raise ValueError(f"loop={loop!r}: use one of {LOOPS} ('python': one dispatch per iteration, "
+                         f"'unrolled': up to {MAX_UNROLL} iterations traced into one jitted call)")
+    return loop
+
+
+def unrolled_step(step, k: int):
+    """``many(state, x, y)``: ``k`` iterations of ``step(state, x, y) -> (state, loss)`` traced one after
+    the other into one jitted function (no loop construct: XLA sees k copies of the step).
+
+    Why [measured 2026-12-08, /work/scratch/s6/, jax 0.10.2, this 2-core EPYC, medians of interleaved
+    windows]: driven one dispatch per iteration from Python, small training steps cost tens of us per
+    iteration more than inside one executable, and that host cost depends on what ran before: an
+    8 x 784 -> 64 -> 64 -> 16 -> 10 MLP took 123-177 us per iteration (median 136) interleaved with
+    other small MLPs and 160-206 (164) interleaved also with a 28x28 CNN, against 88-99 (93) and 89-126
+    (103) unrolled 8 times; 8 x 64 -> 32 -> 256 -> 10: 54 / 59 against 31 / 30 us; 64 x 32 -> 64 -> 512
+    -> 10: 381 / 387 against 346 / 336 us. Not a ``lax.fori_loop``/``scan`` loop: inside a while loop
+    XLA:CPU runs convolutions on a slow path (Conv(16, 5) on 28x28x1 at batch 32: 9.2 ms per training
+    iteration in a fori_loop or scan against 3.0 ms from Python and 3.0 ms unrolled), which would
+    measure a step that no training loop runs; the MLPs there took 23-64 us (fewer per-op costs still).
+    """
+    import jax
+
+    def many(state, xb, yb):
+        for _ in range(k):
+            state = step(state, xb, yb)[0]
+        return state
+
+    return jax.jit(many)
+
+
+def _unroll_factor(one_s: float, min_window_s: float) -> int:
+    """The power of two <= :data:`MAX_UNROLL` nearest above ``min_window_s / (4 one_s)``: steps of a
+    quarter window or more run one per call (their dispatch cost is then well under 1%)."""
+    want = min_window_s / (4.0 * max(one_s, 1e-9))
+    k = 1
+    while k < want and k < MAX_UNROLL:
+        k *= 2
+    return k
+
+
+def _timed_steps(built, loop: str, min_window_s: float, cache: dict | None = None, keys=None):
+    """Per network, ``(call, state, k)``: a function ``state -> state`` that runs ``k`` training
+    iterations, for :func:`jaxlab.energy.meters.measure_interleaved` / ``measure_iterations``.
+    ``loop="unrolled"`` times one step (after two warm-up calls) and picks ``k`` with
+    :func:`_unroll_factor`; ``cache`` (with one key per network in ``keys``) keeps ``(k, many)``
+    so measuring the same network again compiles nothing."""
+    import jax
+
+    out = []
+    for i, (step, state, (x, y)) in enumerate(built):
+        if _check_loop(loop) == "python":
+            out.append((lambda s, st=step, x=x, y=y: st(s[0], x, y), (state, 0.0), 1))
+            continue
+        hit = cache.get(keys[i]) if cache is not None else None
+        if hit is None:
+            for _ in range(2):
+                state = jax.block_until_ready(step(state, x, y)[0])
+            t0 = time.perf_counter()
+            state = jax.block_until_ready(step(state, x, y)[0])
+            k = _unroll_factor(time.perf_counter() - t0, min_window_s)
+            hit = (k, unrolled_step(step, k) if k > 1 else None)
+            if cache is not None:
+                cache[keys[i]] = hit
+        k, many = hit
+        if k == 1:
+            out.append((lambda s, st=step, x=x, y=y: st(s[0], x, y), (state, 0.0), 1))
+        else:
+            out.append((lambda s, m=many, x=x, y=y: (m(s[0], x, y), 0.0), (state, 0.0), k))
+    return out
+
+
 def measure_network(meter: Meter, net: Network, db: ProfileDB | None = None, *, windows: int = 5,
                     min_window_s: float = 0.05, warmup: int = 2, tag: str = "",
-                    impl: str = DEFAULT_LAYER_IMPL) -> Measurement:
+                    impl: str = DEFAULT_LAYER_IMPL, loop: str = DEFAULT_LOOP) -> Measurement:
     """Per-iteration cost of training ``net`` under ``meter`` (re-used from ``db`` when present).
 
     Simulated meters evaluate their device model on the placed layers; real meters compile the
@@ -524,38 +610,58 @@ def measure_network(meter: Meter, net: Network, db: ProfileDB | None = None, *, 
     :func:`jaxlab.energy.meters.measure_iterations`). ``tag`` lets callers keep separate
     measurements of the same network (e.g. repeated held-out measurements). ``impl``: the layer
     implementation a real meter's training step is built with (see :func:`SpecNet`; part of the key).
+    ``loop``: how the timed iterations are driven (:data:`LOOPS`, see :func:`unrolled_step`; part of
+    the key when not "python").
     """
-    settings = ({"windows": windows, "min_window_s": min_window_s, "tag": tag, **_impl_settings(impl)}
+    settings = ({"windows": windows, "min_window_s": min_window_s, "tag": tag, **_impl_settings(impl, loop)}
                 if meter.simulate is None else {"tag": tag})
     key = network_key(net, meter.name, settings)
     if db is not None and key in db:
         r = db.get(key)
         return Measurement(float(r["joules"]) if r["joules"] is not None else float("nan"), float(r["seconds"]))
     stats: dict = {}
+    k = 1
     if meter.simulate is not None:
         m = meter.simulate([p.cost_record() for p in place(net)])
     else:
-        step, state, (x, y) = make_train_step(net, impl=impl)
-        m = measure_iterations(meter, lambda s: step(s[0], x, y), (state, 0.0), warmup=warmup, windows=windows,
-                               min_window_s=min_window_s, stats=stats)
+        (call, state, k), = _timed_steps([make_train_step(net, impl=impl)], loop, min_window_s)
+        m = _per_iteration(measure_iterations(meter, call, state, warmup=warmup, windows=windows,
+                                              min_window_s=min_window_s, stats=stats), stats, k)
     if db is not None:
         db.put({"key": key, "meter": meter.name, "network": network_to_json(net),
                 "joules": None if math.isnan(m.joules) else m.joules, "seconds": m.seconds,
                 "rel_spread": stats.get("rel_spread"), "iters": stats.get("iters"),
-                "windows_s": stats.get("windows_s"), "unix": time.time()})
+                "windows_s": stats.get("windows_s"), "unix": time.time(),
+                **({"unroll": k} if k > 1 else {})})
     return m
 
 
-def _interleaved_key(net: Network, meter_name: str, windows: int, min_window_s: float, tag: str, impl: str) -> str:
+def _per_iteration(m: Measurement, stats: dict, k: int) -> Measurement:
+    """A measurement of calls that run ``k`` iterations each, made per iteration (``stats`` in place)."""
+    if k == 1:
+        return m
+    for f in ("windows_s", "cpu_windows_s"):
+        if f in stats:
+            stats[f] = [v / k for v in stats[f]]
+    for f in ("cpu_seconds",):
+        if f in stats:
+            stats[f] = stats[f] / k
+    if "iters" in stats:
+        stats["iters"] = stats["iters"] * k
+    return Measurement(m.joules / k, m.seconds / k)
+
+
+def _interleaved_key(net: Network, meter_name: str, windows: int, min_window_s: float, tag: str, impl: str,
+                     loop: str = DEFAULT_LOOP) -> str:
     """DB key of an interleaved measurement (:func:`measure_networks`) of ``net``."""
     return network_key(net, meter_name, {"windows": windows, "min_window_s": min_window_s, "tag": tag, "interleaved": True,
-                                         **_impl_settings(impl)})
+                                         **_impl_settings(impl, loop)})
 
 
 def measure_networks(meter: Meter, nets: Sequence[Network], db: ProfileDB | None = None, *, windows: int = 9,
                      min_window_s: float = 0.02, warmup: int = 2, tag: str = "", clock: str = "meter",
                      compiled: dict | None = None, statistic: str = "median",
-                     impl: str = DEFAULT_LAYER_IMPL) -> list[Measurement]:
+                     impl: str = DEFAULT_LAYER_IMPL, loop: str = DEFAULT_LOOP) -> list[Measurement]:
     """Per-iteration costs of several networks, measured together with interleaved windows.
 
     Networks already in ``db`` are read back; the others are compiled (each its own jitted step)
@@ -574,6 +680,9 @@ def measure_networks(meter: Meter, nets: Sequence[Network], db: ProfileDB | None
 
     ``impl``: the layer implementation the training steps are built with (see :func:`SpecNet`);
     part of the DB key, so measurements of the two implementations never stand in for each other.
+    ``loop``: how the timed iterations are driven (:data:`LOOPS`, see :func:`unrolled_step`); part of
+    the DB key when not "python". Results and records are per iteration either way; a record's
+    ``unroll`` is the number of iterations per call.
     """
     from jaxlab.energy.meters import measure_interleaved
 
@@ -581,7 +690,7 @@ def measure_networks(meter: Meter, nets: Sequence[Network], db: ProfileDB | None
 
     if meter.simulate is not None:
         return [measure_network(meter, n, db, tag=tag) for n in nets]
-    keys = [_interleaved_key(n, meter.name, windows, min_window_s, tag, impl) for n in nets]
+    keys = [_interleaved_key(n, meter.name, windows, min_window_s, tag, impl, loop) for n in nets]
     todo = [i for i, k in enumerate(keys) if db is None or k not in db]
     fresh = {}
     if todo:
@@ -592,16 +701,20 @@ def measure_networks(meter: Meter, nets: Sequence[Network], db: ProfileDB | None
             if ck not in cache:
                 cache[ck] = make_train_step(nets[i], impl=impl)
             built.append(cache[ck])
-        steps = [(lambda s, st=st, x=x, y=y: st(s[0], x, y)) for st, _, (x, y) in built]
+        timed = _timed_steps(built, loop, min_window_s, cache,
+                             [network_key(nets[i], "compiled", _impl_settings(impl, loop)) for i in todo])
         stats: list = []
-        ms = measure_interleaved(meter, steps, [(state, 0.0) for _, state, _ in built], warmup=warmup,
+        ms = measure_interleaved(meter, [c for c, _, _ in timed], [s for _, s, _ in timed], warmup=warmup,
                                  windows=windows, min_window_s=min_window_s, stats=stats)
-        for i, m, st in zip(todo, ms, stats):
+        ms = [_per_iteration(m, st, k) for m, st, (_, _, k) in zip(ms, stats, timed)]
+        for i, m, st, (_, _, k) in zip(todo, ms, stats, timed):
             rec = {"key": keys[i], "meter": meter.name, "network": network_to_json(nets[i]),
                    "joules": None if math.isnan(m.joules) else m.joules, "seconds": m.seconds,
                    "rel_spread": st["rel_spread"], "iters": st["iters"], "windows_s": st["windows_s"],
                    "cpu_seconds": st["cpu_seconds"], "cpu_windows_s": st["cpu_windows_s"],
                    "cpu_rel_spread": st["cpu_rel_spread"], "interleaved_with": len(todo), "unix": time.time()}
+            if k > 1:
+                rec["unroll"] = k
             if db is not None:
                 db.put(rec)
             fresh[i] = (m, st["cpu_seconds"], rec)
@@ -632,7 +745,8 @@ def measure_networks(meter: Meter, nets: Sequence[Network], db: ProfileDB | None
 
 def pooled_measurements(meter: Meter, nets: Sequence[Network], db: ProfileDB, tags: Sequence[str], *,
                         windows: int = 9, min_window_s: float = 0.02, clock: str = "meter",
-                        statistic: str = "median", impl: str = DEFAULT_LAYER_IMPL) -> list[Measurement]:
+                        statistic: str = "median", impl: str = DEFAULT_LAYER_IMPL,
+                        loop: str = DEFAULT_LOOP) -> list[Measurement]:
     """Per-iteration costs of ``nets`` from measurements already in ``db`` under several ``tags``
     (e.g. rounds taken at different times): the median (``statistic``, see
     :data:`WINDOW_STATISTICS`) of all their windows pooled.
@@ -651,7 +765,7 @@ def pooled_measurements(meter: Meter, nets: Sequence[Network], db: ProfileDB, ta
     for n in nets:
         pooled = []
         for tag in tags:
-            r = db.get(_interleaved_key(n, meter.name, windows, min_window_s, tag, impl))
+            r = db.get(_interleaved_key(n, meter.name, windows, min_window_s, tag, impl, loop))
             if r is None or r.get(field) is None:
                 raise KeyError(f"no {field} for tag {tag!r} of network {network_to_json(n)} in {db.path}: "
                                "measure it with measure_networks(..., tag=...) first")
