@@ -485,7 +485,8 @@ def study_wall(cfg, wd: Workdir, log):
             "meter": ("wallclock: wall seconds per training iteration (time, not energy)" if clock == "meter" else
                       "cputime: process CPU seconds per training iteration, from the same windows (time, not energy)"),
             "pool_chains": len(chains), "heldout_models": len(held), "profile_seconds": t_prof,
-            "window_statistic": kw["statistic"],
+            "window_statistic": kw["statistic"], "layer_impl": kw["impl"],
+            "timing_loop": kw.get("loop", P.DEFAULT_LOOP),
             "mape_thor": res["thor"], "mape_flops": res["flops"], "mape_neuralpower": res["neuralpower"],
             "per_family": res["per_family"], "band_coverage": res["band_coverage"],
             "thor_vs_flops_reduction": 1.0 - res["thor"] / res["flops"],

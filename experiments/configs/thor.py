@@ -190,8 +190,19 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     # The largest CNN miss stays: Conv(64, 3x3) on 28x28x1 at batch 64, then max-pool and Dense(64), -71% (29.8 ms
     # measured, conv term 6.3 ms) against -56% with 'flax' (74.4 ms, its pool term 20.5 ms).
     c.wall.layer_impl = "flax"
-    # How the timed iterations are driven (profiler.LOOPS, profiler.device_loop_step): 'python' (one dispatch per
-    # iteration) or 'device' (k iterations per dispatch in a jitted fori_loop). Part of the DB key when not 'python'.
+    # How the timed iterations are driven (profiler.LOOPS, profiler.unrolled_step): 'python' (one dispatch per
+    # iteration) or 'unrolled' (steps under a quarter window traced 2-8 times into one jitted call, so the host's
+    # dispatch cost is shared). Part of the DB key when not 'python'. Measured 2026-12-08, not adopted: fresh runs of
+    # this preset with --config.sim.enabled=False --config.prune.enabled=False --config.wall.al_max=0
+    # --config.wall.loop=unrolled (859-889 s each, ~45% more than 'python' for the unrolled compilations), seeds
+    # 9 / 10 / 5 / 7: THOR wall MAPE 14.44 / 10.49 / 11.18 / 17.00% against 16.58 / 13.23 / 8.13 / 18.20% (15.35% on a
+    # re-measurement) with 'python' (separate runs, not paired); FLOPs 66.5 / 113.0 / 138.6 / 53.2%, NeuralPower
+    # 39.7 / 62.0 / 67.1 / 75.9%; repeat floor 5.6 / 4.3 / 7.6 / 5.7% (python 11.1 / 6.2 / 7.1 / 5.4%); median window
+    # spread 0.24-0.25 (python 0.38 on seed 9); process-CPU clock 14.66 / 8.40 / 9.69 / 11.95%. The mean signed error
+    # per run is -11.5 / -4.7 / +9.1 / +2.8%: the remaining error is a per-run level of the estimate, of either sign,
+    # and CNN misses (CNNs 17.0 / 7.5 / 15.1 / 25.5%, MLPs 11.9 / 13.5 / 7.3 / 8.5%). Unrolled, small steps no longer
+    # depend on what ran before (/work/scratch/s6/settle.py: an 8 x 784 MLP 93-110 us per iteration interleaved with
+    # small MLPs, 92-111 with a 28x28 CNN as well; an untimed 5 ms settle run before each window changes nothing).
     c.wall.loop = "python"
     c.wall.heldout_windows = 11  # per measurement (per round when heldout_rounds > 0)
     c.wall.loss_term = True  # profile the classifier loss (CE vs the variants' readout) as its own term (profiler.loss_pair)

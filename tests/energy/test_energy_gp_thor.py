@@ -505,6 +505,7 @@ def test_wall_study_heldout_rounds_spread_over_profiling(tmp_path):
         assert sum(c for _, c in r["thor_terms"]) == pytest.approx(t, rel=1e-9)
         assert r["thor_error_pct"] == pytest.approx(100 * (t - m) / m)
     assert "groups of 1 models of similar training FLOPs" in w["heldout_protocol"]
+    assert (w["timing_loop"], w["layer_impl"]) == ("python", "flax")
     levels = w["heldout_round_levels"]
     assert len(levels) == 4 and all(lv > 0 for lv in levels)
     assert len(w["scatter"]["measured"]) == 2 and all(m > 0 for m in w["scatter"]["measured"])
@@ -517,6 +518,20 @@ def test_wall_study_heldout_rounds_spread_over_profiling(tmp_path):
     n = len(db)
     study_wall(cfg, wd, lambda **kw: None)
     assert len(P.ProfileDB(wd.file("profile_db_wallclock.jsonl"))) == n
+    # the unrolled loop: every measurement keyed with it, per iteration, and resumable too
+    cfg.wall.update(loop="unrolled", heldout_rounds=2)
+    wd2 = Workdir(tmp_path / "wall_unrolled")
+    out2, _, db2, _, _ = study_wall(cfg, wd2, lambda **kw: None)
+    assert out2["wall"]["timing_loop"] == "unrolled"
+    assert [sum(1 for r in db2.records.values() if P.network_key(
+        P.network_from_json(r["network"]), "wallclock", {"windows": 2, "min_window_s": 0.001, "loop": "unrolled",
+                                                           "tag": f"heldout_round{k}", "interleaved": True}) == r["key"])
+            for k in range(2)] == [2, 2]
+    assert any(r.get("unroll", 1) > 1 for r in db2.records.values())
+    assert all(m > 0 for m in out2["wall"]["scatter"]["measured"])
+    n2 = len(db2)
+    study_wall(cfg, wd2, lambda **kw: None)
+    assert len(P.ProfileDB(wd2.file("profile_db_wallclock.jsonl"))) == n2
     cfg.wall.heldout_rounds = 1
     with pytest.raises(ValueError, match="heldout_rounds=1"):
         study_wall(cfg, Workdir(tmp_path / "bad"), lambda **kw: None)
