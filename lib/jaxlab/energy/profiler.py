@@ -579,21 +579,20 @@ def _timed_steps(built, loop: str, min_window_s: float, cache: dict | None = Non
 
     out = []
     for i, (step, state, (x, y)) in enumerate(built):
-        if _check_loop(loop) == "python":
-            out.append((lambda s, st=step, x=x, y=y: st(s[0], x, y), (state, 0.0), 1))
-            continue
-        hit = cache.get(keys[i]) if cache is not None else None
-        if hit is None:
-            for _ in range(2):
+        k, many = 1, None
+        if _check_loop(loop) == "unrolled":
+            hit = cache.get(keys[i]) if cache is not None else None
+            if hit is None:
+                for _ in range(2):
+                    state = jax.block_until_ready(step(state, x, y)[0])
+                t0 = time.perf_counter()
                 state = jax.block_until_ready(step(state, x, y)[0])
-            t0 = time.perf_counter()
-            state = jax.block_until_ready(step(state, x, y)[0])
-            k = _unroll_factor(time.perf_counter() - t0, min_window_s)
-            hit = (k, unrolled_step(step, k) if k > 1 else None)
-            if cache is not None:
-                cache[keys[i]] = hit
-        k, many = hit
-        if k == 1:
+                k = _unroll_factor(time.perf_counter() - t0, min_window_s)
+                hit = (k, unrolled_step(step, k) if k > 1 else None)
+                if cache is not None:
+                    cache[keys[i]] = hit
+            k, many = hit
+        if many is None:
             out.append((lambda s, st=step, x=x, y=y: st(s[0], x, y), (state, 0.0), 1))
         else:
             out.append((lambda s, m=many, x=x, y=y: (m(s[0], x, y), 0.0), (state, 0.0), k))
@@ -643,9 +642,8 @@ def _per_iteration(m: Measurement, stats: dict, k: int) -> Measurement:
     for f in ("windows_s", "cpu_windows_s"):
         if f in stats:
             stats[f] = [v / k for v in stats[f]]
-    for f in ("cpu_seconds",):
-        if f in stats:
-            stats[f] = stats[f] / k
+    if "cpu_seconds" in stats:
+        stats["cpu_seconds"] /= k
     if "iters" in stats:
         stats["iters"] = stats["iters"] * k
     return Measurement(m.joules / k, m.seconds / k)
