@@ -194,13 +194,15 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     # iteration) or 'unrolled' (steps under a quarter window traced 2-8 times into one jitted call, so the host's
     # dispatch cost is shared). Part of the DB key when not 'python'. Measured 2026-12-08, not adopted: fresh runs of
     # this preset with --config.sim.enabled=False --config.prune.enabled=False --config.wall.al_max=0
-    # --config.wall.loop=unrolled (859-889 s each, ~45% more than 'python' for the unrolled compilations), seeds
-    # 9 / 10 / 5 / 7: THOR wall MAPE 14.44 / 10.49 / 11.18 / 17.00% against 16.58 / 13.23 / 8.13 / 18.20% (15.35% on a
-    # re-measurement) with 'python' (separate runs, not paired); FLOPs 66.5 / 113.0 / 138.6 / 53.2%, NeuralPower
-    # 39.7 / 62.0 / 67.1 / 75.9%; repeat floor 5.6 / 4.3 / 7.6 / 5.7% (python 11.1 / 6.2 / 7.1 / 5.4%); median window
-    # spread 0.24-0.25 (python 0.38 on seed 9); process-CPU clock 14.66 / 8.40 / 9.69 / 11.95%. The mean signed error
-    # per run is -11.5 / -4.7 / +9.1 / +2.8%: the remaining error is a per-run level of the estimate, of either sign,
-    # and CNN misses (CNNs 17.0 / 7.5 / 15.1 / 25.5%, MLPs 11.9 / 13.5 / 7.3 / 8.5%). Unrolled, small steps no longer
+    # --config.wall.loop=unrolled (859-945 s each, ~45% more than 'python' for the unrolled compilations), seeds
+    # 9 / 10 / 5 / 7 / 6 / 8: THOR wall MAPE 14.44 / 10.49 / 11.18 / 17.00 / 11.74 / 13.98% (mean 13.1, 0 of 6 <= 10%)
+    # against 16.58 / 13.23 / 8.13 / 18.20 / 12.15 / 11.78% with 'python' (mean 13.3, 1 of 6; separate runs, not
+    # paired; seed 7 15.35% on a re-measurement); FLOPs 66.5 / 113.0 / 138.6 / 53.2 / 87.0 / 116.0%, NeuralPower
+    # 39.7 / 62.0 / 67.1 / 75.9 / 49.6 / 59.9%; repeat floor 5.6 / 4.3 / 7.6 / 5.7 / 10.1 / 20.4% (python 11.1 / 6.2 /
+    # 7.1 / 5.4 / 14.0 / 3.7%); median window spread 0.24-0.27 (python 0.38 on seed 9); process-CPU clock 14.66 / 8.40 /
+    # 9.69 / 11.95 / 10.85 / 15.03%. The mean signed error per run is -11.5 / -4.7 / +9.1 / +2.8 / -4.9 / +2.8%: the
+    # remaining error is a per-run level of the estimate, of either sign, and CNN misses (CNNs 17.0 / 7.5 / 15.1 /
+    # 25.5 / 13.5 / 16.5%, MLPs 11.9 / 13.5 / 7.3 / 8.5 / 10.0 / 11.5%). Unrolled, small steps no longer
     # depend on what ran before (/work/scratch/s6/settle.py: an 8 x 784 MLP 93-110 us per iteration interleaved with
     # small MLPs, 92-111 with a 28x28 CNN as well; an untimed 5 ms settle run before each window changes nothing).
     c.wall.loop = "python"
