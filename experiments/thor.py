@@ -416,6 +416,9 @@ def study_wall(cfg, wd: Workdir, log):
     if cfg.wall.get("cover_conv_configs", False):
         # the first-layer conv grid, from its own stream so the pool's other chains stay the same
         chains += T.conv_config_chains(np.random.default_rng(cfg.seed + 103), space)
+    if cfg.wall.get("cover_pool_configs", False):
+        # the max-pool input grid (channels x batch), from its own stream as well
+        chains += T.pool_config_chains(np.random.default_rng(cfg.seed + 104), space)
     # held-out models from their own stream, so that the held-out set does not change with the
     # size of the profiling pool
     held, fams = _heldout(np.random.default_rng(cfg.seed + 101), cfg.wall.heldout, space)

@@ -319,6 +319,24 @@ def test_conv_config_chains_cover_the_first_layer_grid_and_fit_an_exact_conv_ter
     assert "log_exact" not in model.gps["dense"].params  # only the conv GP gets the configuration effect
 
 
+def test_pool_config_chains_put_a_max_pool_after_a_conv_for_every_channels_and_batch():
+    space = T.DesignSpace()
+    cs = T.pool_config_chains(np.random.default_rng(0), space)
+    assert [(c.layers[0].features, c.batch) for c in cs] == [(f, b) for f in space.conv_features for b in space.batches]
+    for c in cs:
+        assert [type(l) for l in c.layers] == [P.Conv, P.Act, P.Pool] and c.layers[2] == P.Pool(2, "max")
+        assert c.input_shape[0] >= 16 and T._ok(c, space)
+        assert P.place(c)[2].features["pos"] == 2  # after a layer with parameters: its input gradient is timed
+    # the largest pool input whole models have (28x28x64 at batch 64, 12.8 MB) is in the grid
+    biggest = max(cs, key=lambda c: int(np.prod(P.place(c)[1].out_shape)) * c.batch)
+    assert (biggest.input_shape[:2], biggest.layers[0].features, biggest.batch) == ((28, 28), 64, 64)
+    assert cs == T.pool_config_chains(np.random.default_rng(0), space)  # reproducible from its stream
+    with pytest.raises(ValueError, match="min_size"):
+        T.pool_config_chains(np.random.default_rng(0), space, min_size=64)
+    with pytest.raises(RuntimeError, match="loosen DesignSpace caps"):
+        T.pool_config_chains(np.random.default_rng(0), T.DesignSpace(max_train_flops=1e4))
+
+
 def test_neuralpower_fits_polynomial_layer_costs(sim_setup):
     chains, held = sim_setup
     dev = M.DeviceModel(gamma=0.0, noise=0.0)

@@ -32,7 +32,8 @@ from jaxlab.energy.profiler import layer_kind as P_kind
 
 __all__ = [
     "ThorModel", "Estimate", "fit_thor", "estimate", "mape", "chain_variance", "select_batch", "active_learning",
-    "DesignSpace", "sample_chain", "sample_model", "sample_model_chain", "conv_config_chains", "MODEL_FAMILIES",
+    "DesignSpace", "sample_chain", "sample_model", "sample_model_chain", "conv_config_chains", "pool_config_chains",
+    "MODEL_FAMILIES",
 ]
 
 
@@ -588,6 +589,36 @@ def conv_config_chains(rng: np.random.Generator, space: DesignSpace = DesignSpac
                 else:
                     raise RuntimeError(f"conv_config_chains: no chain for conv {cin} -> {cout}, kernel {k} "
                                        "within the caps after 1000 tries; loosen DesignSpace caps")
+    return out
+
+
+def pool_config_chains(rng: np.random.Generator, space: DesignSpace = DesignSpace(), min_size: int = 16) -> list:
+    """One profiling chain ``Conv(c) -> ReLU -> max-pool 2`` per (channels ``c``, batch) over
+    ``space.conv_features`` x ``space.batches``: the conv (SAME, kernel 3 or 5 and ``cin`` 1 or 3 drawn)
+    on the largest ``hw x hw x cin`` input, ``hw >= min_size``, whose chain is within the caps.
+
+    [our choice] The pool is third, after a layer with parameters, so its input gradient (the
+    select-and-scatter of max pooling's backward) is in the subtracted cost, as in whole CNNs. That
+    backward is not smooth in the input size on XLA:CPU (measured 2026-12-07, a 2x2 max-pool after a
+    1x1 conv at batch 64, 28x28: 6.9 / 33.0 / 39.7 ms at 16 / 32 / 64 channels), and random design
+    chains put nearly all their max-pools on inputs of at most 2.5 MB, so whole models with a pool on
+    a 28x28x64 batch-64 activation (12.8 MB) were GP extrapolations. This grid spans the pool inputs
+    whole models have.
+    """
+    out = []
+    sizes = sorted((s for s in space.image_sizes if s >= min_size), reverse=True)
+    if not sizes:
+        raise ValueError(f"pool_config_chains: no image size >= min_size={min_size} in {space.image_sizes}")
+    for c in space.conv_features:
+        for batch in space.batches:
+            cin, k = int(rng.choice((1, 3))), int(rng.choice((3, 5)))
+            fits = [net for hw in sizes for ci, kk in ((cin, k), (1, 3))
+                    if _ok(net := Network((hw, hw, ci), (Conv(int(c), kk, 1, "SAME"), Act("relu"), Pool(2, "max")),
+                                          int(batch)), space)]
+            if not fits:
+                raise RuntimeError(f"pool_config_chains: no chain for {c} channels at batch {batch} within the "
+                                   f"caps at any size >= {min_size}; loosen DesignSpace caps")
+            out.append(fits[0])
     return out
 
 
