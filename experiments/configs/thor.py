@@ -163,6 +163,10 @@ def get_config(preset: str = "quick") -> ml_collections.ConfigDict:
     # grid, re-derived without it). The FLOPs baseline, fitted by least squares to the same profiled variants,
     # gets worse with the grid's slow pools in its fit (seeds 9 / 10: 54.5 -> 82.5%, 76 -> 134%). With the
     # first-layer conv grid as well (cover_conv_configs, same databases): seed 7 16.01%, seed 8 10.37%.
+    # Fresh runs of this preset with the grid (2026-12-08, same command, 11 min each), seeds 5 / 6 / 7 / 8 / 9 / 10:
+    # THOR 10.59 / 12.59 / 11.04 / 13.73 / 14.38 / 16.56% (mean 13.15%, against 13.3% for the fresh runs before the
+    # grid: a fresh run of the same seed moves by 3-4 points), FLOPs 49.6 / 94.7 / 146.0 / 129.3 / 99.8 / 142.4%,
+    # NeuralPower 80.8 / 54.7 / 70.5 / 30.6 / 38.2 / 51.3%, repeat floor 8.2 / 4.1 / 9.6 / 6.1 / 7.1 / 4.8%.
     c.wall.cover_pool_configs = True
     c.wall.chain_source = "design"  # 'design' | 'models' | 'mixed': where profiling chains come from (experiments.thor._wall_chains)
     # 'mixed' measured 2026-12-07, not adopted: seed 9 (this preset with --config.sim.enabled=False
