@@ -612,13 +612,14 @@ def pool_config_chains(rng: np.random.Generator, space: DesignSpace = DesignSpac
     for c in space.conv_features:
         for batch in space.batches:
             cin, k = int(rng.choice((1, 3))), int(rng.choice((3, 5)))
-            fits = [net for hw in sizes for ci, kk in ((cin, k), (1, 3))
-                    if _ok(net := Network((hw, hw, ci), (Conv(int(c), kk, 1, "SAME"), Act("relu"), Pool(2, "max")),
-                                          int(batch)), space)]
-            if not fits:
+            # largest image first; at each size the drawn conv, then the cheapest one (1 channel in, 3x3)
+            candidates = (Network((hw, hw, ci), (Conv(int(c), kk, 1, "SAME"), Act("relu"), Pool(2, "max")), int(batch))
+                          for hw in sizes for ci, kk in ((cin, k), (1, 3)))
+            net = next((n for n in candidates if _ok(n, space)), None)
+            if net is None:
                 raise RuntimeError(f"pool_config_chains: no chain for {c} channels at batch {batch} within the "
                                    f"caps at any size >= {min_size}; loosen DesignSpace caps")
-            out.append(fits[0])
+            out.append(net)
     return out
 
 
