@@ -800,6 +800,8 @@ def _rnn_scan(b, p, X, consts, seq, h0, c0, out_y, out_h, out_c, dims, flops_ste
     # active layers' steps as one batched product [L, 1, H] x [L, 4H, H] (as the joint bidirectional scan does): hidden
     # 256, 2 layers 0.94x the time of the layer-by-layer scans at K 4 and 1.03x at K 8; 4 layers 1.21x at K 4. The
     # batched step over two layers costs about 1.5x one layer's step, so fewer, wider steps do not pay.
+    # Checked 2026-12-08: XLA's pre-thunk CPU runtime (one compiled function for the whole loop, no per-thunk
+    # dispatch) is gone from jaxlib 0.10.2; XLA_FLAGS=--xla_cpu_use_thunk_runtime=false only warns "no longer supported".
     joint = D == 2 and H < _JOINT_SCAN_MAX_HIDDEN and p["acts"][:n_act] == p["acts"][n_act:]
     # The input projection of all T*B rows at once. XLA:CPU's Eigen GEMM runs x[T*B, I] @ W_T[I, G*H]
     # well below ONNX Runtime's prepacked MLAS GEMM at these shapes (measured 2026-12-05, T=16, I=H,
